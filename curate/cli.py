@@ -9,10 +9,19 @@ import polars as pl
 
 from curate import __version__
 from curate.console import SmallsetGroup, console
+from curate.dedup import METHODS, DedupConfig, NearDedupConfig, SemanticDedupConfig, dedup as run_dedup
+from curate.dedup.clusters import KEEP_POLICIES
+from curate.decontaminate import DecontaminationConfig, decontaminate as run_decontaminate
+from curate.drops import write_drops
+from curate.errors import InputError
+from curate.explain import explain as explain_row
 from curate.layouts import LAYOUTS, Mapping
 from curate.manifest import Manifest
 from curate.models import resolve_embedder, resolve_llm
 from curate.readers import read_records
+from curate.report import write_report
+from curate.select import SelectConfig, select as run_select
+from curate.text import FIELDS, parse_fields
 from curate.writers import write_records, write_rejects
 
 
@@ -68,6 +77,218 @@ def ingest(inputs: tuple[Path, ...], output: Path, layout: str | None, pairs: tu
     manifest.write(output)
     console.print(f"[green]wrote[/] {records.height} records to {output}"
                   + (f", [yellow]{len(rejects)} rejected[/] (see {rejects_path})" if rejects else ""))
+
+
+def _load(path: Path, manifest: Manifest) -> pl.DataFrame:
+    """Read a step's input (any readable format) and record it in the manifest."""
+    result = read_records(path)
+    manifest.add_input(path, rows=result.rows_in)
+    return result.records
+
+
+def _save(manifest: Manifest, output: Path, kept: pl.DataFrame, drops: pl.DataFrame, rows_in: int) -> None:
+    """Write kept rows, the drops table and the manifest; then say what happened, by reason."""
+    write_records(kept, output)
+    manifest.add_output(output, rows=kept.height)
+    drops_file = write_drops(drops, output)
+    manifest.add_output(drops_file, rows=drops.height)
+    by_reason = dict(drops.group_by("reason").len().sort("len", descending=True).iter_rows()) if drops.height else {}
+    manifest.counts = {"in": rows_in, "out": kept.height, "dropped": drops.height, **{f"dropped_{k}": v for k, v in by_reason.items()}}
+    manifest.write(output)
+    summary = ", ".join(f"{v} {k}" for k, v in by_reason.items()) or "none"
+    console.print(f"[green]kept[/] {kept.height} of {rows_in} rows -> {output}; dropped: {summary} (see {drops_file.name})")
+
+
+def _unit_interval(name: str):
+    def check(ctx, param, value):
+        if value is not None and not 0 < value <= 1:
+            raise click.BadParameter(f"{value} is outside (0, 1]", param_hint=name)
+        return value
+    return check
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Kept rows: .parquet or .jsonl.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(METHODS), help="Repeatable; run in the order given. [default: exact, near]")
+@click.option("--fields", default=",".join(FIELDS), show_default=True, help="What to compare: comma-separated roles and/or label.")
+@click.option("--keep", type=click.Choice(KEEP_POLICIES), default="first", show_default=True, help="Which row of a duplicate cluster survives.")
+@click.option("--score-column", help="Column ranked by --keep score (highest kept).")
+@click.option("--threshold", type=float, default=0.8, show_default=True, callback=_unit_interval("--threshold"), help="near: Jaccard similarity of shingle sets.")
+@click.option("--num-perm", type=int, default=128, show_default=True, help="near: MinHash permutations.")
+@click.option("--shingle", type=click.Choice(["word", "char"]), default="word", show_default=True, help="near: word or character n-grams.")
+@click.option("--ngram", type=int, default=5, show_default=True, help="near: shingle size.")
+@click.option("--semantic-threshold", type=float, default=0.95, show_default=True, callback=_unit_interval("--semantic-threshold"), help="semantic: cosine similarity.")
+@click.option("--embedder", help="semantic: embedding model spec (default: packaged all-MiniLM-L6-v2).")
+def dedup(input: Path, output: Path, methods: tuple[str, ...], fields: str, keep: str, score_column: str | None,
+          threshold: float, num_perm: int, shingle: str, ngram: int, semantic_threshold: float, embedder: str | None) -> None:
+    """Remove exact, near (MinHash LSH) and semantic (embedding) duplicates.
+
+    Writes the kept rows to OUTPUT and, for every dropped row, the row it duplicates,
+    the method and the similarity to OUTPUT's .drops.parquet.
+
+    \b
+    Example:
+      curate dedup raw.parquet --method exact --method near --threshold 0.8 -o deduped.parquet
+    """
+    try:
+        config = DedupConfig(
+            methods=methods or ("exact", "near"), fields=parse_fields(fields), keep=keep, score_column=score_column,
+            near=NearDedupConfig(threshold=threshold, num_perm=num_perm, shingle=shingle, ngram=ngram),
+            semantic=SemanticDedupConfig(threshold=semantic_threshold, model=embedder),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    manifest = Manifest("curate dedup", parameters={"methods": list(config.methods), "fields": list(config.fields),
+                                                    "keep": keep, "score_column": score_column, "threshold": threshold,
+                                                    "num_perm": num_perm, "shingle": shingle, "ngram": ngram,
+                                                    "semantic_threshold": semantic_threshold, "embedder": embedder})
+    records = _load(input, manifest)
+    if "semantic" in config.methods:
+        manifest.models.append(resolve_embedder(embedder).describe())
+    try:
+        result = run_dedup(records, config)
+    except ValueError as exc:
+        raise InputError(input, str(exc)) from None
+    _save(manifest, output, result.kept, result.drops, records.height)
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--against", "against", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Evaluation or held-out set (any readable format); repeatable.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Clean rows: .parquet or .jsonl.")
+@click.option("--ngram", type=int, default=8, show_default=True, help="Word n-gram length for the overlap check.")
+@click.option("--max-overlap", type=float, default=0.5, show_default=True, callback=_unit_interval("--max-overlap"),
+              help="Drop a row when this share of its n-grams occurs in the evaluation set.")
+@click.option("--threshold", type=float, default=0.8, show_default=True, callback=_unit_interval("--threshold"),
+              help="MinHash check: Jaccard similarity with any evaluation row.")
+@click.option("--no-minhash", is_flag=True, help="Only the n-gram check.")
+@click.option("--fields", default=",".join(FIELDS), show_default=True, help="What to compare: comma-separated roles and/or label.")
+def decontaminate(input: Path, against: tuple[Path, ...], output: Path, ngram: int, max_overlap: float,
+                  threshold: float, no_minhash: bool, fields: str) -> None:
+    """Drop training rows that overlap an evaluation or held-out set.
+
+    \b
+    Example:
+      curate decontaminate train.parquet --against test.jsonl -o train.clean.parquet
+    """
+    try:
+        config = DecontaminationConfig(ngram=ngram, max_ngram_overlap=max_overlap, fields=parse_fields(fields),
+                                       near=None if no_minhash else NearDedupConfig(threshold=threshold))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    manifest = Manifest("curate decontaminate", parameters={"against": [str(p) for p in against], "ngram": ngram,
+                                                            "max_overlap": max_overlap, "threshold": threshold,
+                                                            "minhash": not no_minhash, "fields": list(config.fields)})
+    records = _load(input, manifest)
+    evaluation = pl.concat([_load(path, manifest) for path in against], how="diagonal_relaxed")
+    try:
+        result = run_decontaminate(records, evaluation, config)
+    except ValueError as exc:
+        raise InputError(input, str(exc)) from None
+    _save(manifest, output, result.kept, result.drops, records.height)
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Selected rows: .parquet or .jsonl.")
+@click.option("--size", "-n", type=int, required=True, help="Rows to select (fewer when fewer qualify).")
+@click.option("--score-column", help="Quality score to favour (higher is better), e.g. a judge score.")
+@click.option("--quality-weight", type=float, default=0.5, show_default=True, help="1: by score alone; 0: by diversity alone.")
+@click.option("--stratify", type=click.Choice(["keep", "balance", "none"]), default="keep", show_default=True,
+              help="With labels: keep the label distribution, balance it, or ignore labels.")
+@click.option("--fields", default=",".join(FIELDS), show_default=True, help="Text embedded for diversity.")
+@click.option("--embedder", help="Embedding model spec (default: packaged all-MiniLM-L6-v2).")
+def select(input: Path, output: Path, size: int, score_column: str | None, quality_weight: float, stratify: str,
+           fields: str, embedder: str | None) -> None:
+    """Pick a diverse, high-quality subset of SIZE rows, stratified by label.
+
+    Rows come out in selection order (column select_rank); the rest go to the
+    drops table with reason not_selected and their distance to the selection.
+
+    \b
+    Example:
+      curate select deduped.parquet --size 500 --score-column judge_score -o selected.parquet
+    """
+    try:
+        config = SelectConfig(size=size, score_column=score_column, quality_weight=quality_weight,
+                              stratify=stratify, fields=parse_fields(fields), embedder=embedder)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    manifest = Manifest("curate select", parameters={"size": size, "score_column": score_column,
+                                                     "quality_weight": quality_weight, "stratify": stratify,
+                                                     "fields": list(config.fields), "embedder": embedder})
+    manifest.models.append(resolve_embedder(embedder).describe())
+    records = _load(input, manifest)
+    try:
+        result = run_select(records, config)
+    except ValueError as exc:
+        raise InputError(input, str(exc)) from None
+    _save(manifest, output, result.kept, result.drops, records.height)
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="HTML file to write.")
+@click.option("--title", help="Page title.")
+def report(dataset: Path, output: Path, title: str | None) -> None:
+    """Write a static HTML report of how DATASET was curated.
+
+    The funnel, drops by reason with examples, labels and lengths before and after,
+    score distributions and the largest duplicate clusters, with plots embedded.
+
+    \b
+    Example:
+      curate report selected.parquet -o report.html
+    """
+    with console.status("building the report"):
+        write_report(dataset, output, title)
+    console.print(f"[green]wrote[/] {output}")
+
+
+@main.command()
+@click.argument("row_id", metavar="ID")
+@click.argument("dataset", type=click.Path(path_type=Path))
+def explain(row_id: str, dataset: Path) -> None:
+    """Tell one row's story: every step that touched it, its scores, and why it was kept or dropped.
+
+    DATASET is the last output of a chain of curate commands; the manifests beside
+    each output lead back to the raw files. ID may be a unique prefix.
+
+    \b
+    Example:
+      curate explain 3fa9c1 runs/demo/selected.parquet
+    """
+    from rich.table import Table
+
+    story = explain_row(row_id, dataset)
+    record = story.record
+    console.rule(f"row {story.id}")
+    for turn in record.get("messages") or []:
+        console.print(f"[bold]{turn['role']}[/]: {_short(turn['content'])}")
+    if record.get("label") is not None:
+        console.print(f"[bold]label[/]: {record['label']}")
+    console.print(f"[bold]source[/]: {record.get('source')}")
+    table = Table("step", "output", "outcome", "reason", "duplicate of", "similarity", "detail")
+    for o in story.outcomes:
+        d = o.drop or {}
+        sim = d.get("similarity")
+        table.add_row(o.command, Path(o.output).name, o.outcome, d.get("reason") or "", (d.get("duplicate_of") or "")[:12],
+                      f"{sim:.3f}" if sim is not None else "", d.get("detail") or "")
+    console.print(table)
+    if story.stage_values:
+        console.print("[bold]scores and flags[/]: " + ", ".join(f"{k}={v}" for k, v in story.stage_values.items()))
+    if story.duplicate_of:
+        dup = story.duplicate_of
+        text = " / ".join(_short(t["content"], 80) for t in dup.get("messages") or [])
+        console.print(f"[bold]duplicates[/] {dup['id']}: {text}")
+    console.print(f"[bold]final[/]: {story.final}")
+
+
+def _short(text: str, width: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @main.command()

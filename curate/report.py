@@ -1,0 +1,165 @@
+"""The curation report: one static HTML page that shows what happened to the data and why.
+
+Built from the lineage of a dataset (manifests and drops tables), so it needs
+nothing but the files the commands wrote. Plots are PNGs embedded in the page:
+the file can be mailed or attached to an issue as it is.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import polars as pl
+
+from curate import __version__, plots
+from curate.atomic import write_text
+from curate.errors import InputError
+from curate.lineage import Step, steps
+from curate.readers import read_records
+from curate.records import CORE_COLUMNS
+
+EXAMPLES_PER_REASON = 3
+TOP_CLUSTERS = 5
+
+
+def build_report(dataset: str | Path, title: str | None = None) -> str:
+    chain = steps(dataset)
+    if not chain:
+        raise InputError(dataset, "no manifest beside this dataset: it was not written by a curate command")
+    final = read_records(dataset).records
+    first = read_records(chain[0].output).records
+    sections = [
+        _funnel(chain),
+        _drops(chain),
+        _labels(first, final),
+        _lengths(first, final),
+        _scores(final),
+        _clusters(chain),
+    ]
+    body = "\n".join(s for s in sections if s)
+    name = title or f"Curation report: {Path(dataset).name}"
+    return _PAGE.format(title=html.escape(name), body=body, version=__version__)
+
+
+def write_report(dataset: str | Path, output: str | Path, title: str | None = None) -> Path:
+    write_text(output, build_report(dataset, title))
+    return Path(output)
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{html.escape(alt)}">'
+
+
+def _text(record: dict | None, width: int = 300) -> str:
+    if not record:
+        return "(row not found)"
+    text = " / ".join(f"{t['role']}: {t['content']}" for t in record.get("messages") or [])
+    if record.get("label") is not None:
+        text += f" [label: {record['label']}]"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _funnel(chain: list[Step]) -> str:
+    names, rows, table = [], [], []
+    first_in = chain[0].manifest.get("counts", {}).get("in")
+    if first_in is not None:
+        names.append("input")
+        rows.append(first_in)
+    for step in chain:
+        counts = step.manifest.get("counts", {})
+        names.append(f"{step.command.split()[-1]} ({step.output.name})")
+        rows.append(counts.get("out", 0))
+        table.append([step.command, step.output.name, counts.get("in", ""), counts.get("out", ""),
+                      counts.get("dropped", counts.get("rejected", 0)), f"{step.manifest.get('wall_time_s', 0):.1f} s"])
+    return ("<h2>Funnel</h2>" + _img(plots.funnel(names, rows), "rows after each step")
+            + _table(["step", "output", "rows in", "rows out", "dropped", "wall time"], table))
+
+
+def _drops(chain: list[Step]) -> str:
+    parts, reasons_all = [], {}
+    for step in chain:
+        drops = step.drops
+        if drops.height == 0:
+            continue
+        inputs = pl.concat([read_records(p).records for p in step.inputs if p.exists()], how="diagonal_relaxed")
+        by_id = {r["id"]: r for r in inputs.iter_rows(named=True)}
+        for reason, group in drops.group_by("reason", maintain_order=True):
+            reason = reason[0]
+            reasons_all[f"{step.command.split()[-1]}: {reason}"] = group.height
+            rows = []
+            for drop in group.head(EXAMPLES_PER_REASON).iter_rows(named=True):
+                dup = by_id.get(drop["duplicate_of"]) if drop["duplicate_of"] else None
+                rows.append([_text(by_id.get(drop["id"])), drop["detail"] or "", _text(dup) if dup else ""])
+            parts.append(f"<h3>{html.escape(step.command)}: {html.escape(reason)} ({group.height} rows)</h3>"
+                         + _table(["example", "why", "matches"], rows))
+    if not reasons_all:
+        return "<h2>Drops by reason</h2><p>No row was dropped.</p>"
+    chart = plots.bars(list(reasons_all), {"rows": list(reasons_all.values())})
+    return "<h2>Drops by reason</h2>" + _img(chart, "drops by reason") + "".join(parts)
+
+
+def _labels(first: pl.DataFrame, final: pl.DataFrame) -> str:
+    if first["label"].null_count() == first.height:
+        return ""
+    before = dict(first.group_by("label").len().iter_rows())
+    after = dict(final.group_by("label").len().iter_rows())
+    labels = sorted({k for k in before} | {k for k in after}, key=str)
+    chart = plots.bars([str(k) for k in labels], {"before": [before.get(k, 0) for k in labels],
+                                                  "after": [after.get(k, 0) for k in labels]}, xlabel="label")
+    rows = [[k, before.get(k, 0), after.get(k, 0)] for k in labels]
+    return "<h2>Labels before and after</h2>" + _img(chart, "label distribution") + _table(["label", "before", "after"], rows)
+
+
+def _length(df: pl.DataFrame) -> list[int]:
+    return df.select(pl.col("messages").list.eval(pl.element().struct.field("content").str.len_chars()).list.sum()).to_series().to_list()
+
+
+def _lengths(first: pl.DataFrame, final: pl.DataFrame) -> str:
+    chart = plots.histograms({"before": _length(first), "after": _length(final)}, "characters per conversation")
+    return "<h2>Lengths</h2>" + _img(chart, "length histogram")
+
+
+def _scores(final: pl.DataFrame) -> str:
+    numeric = [c for c, t in final.schema.items() if c not in CORE_COLUMNS and t.is_numeric() and final[c].null_count() < final.height]
+    if not numeric:
+        return ""
+    parts = [f"<h3>{html.escape(c)}</h3>" + _img(plots.histograms({c: final[c].drop_nulls().to_list()}, c), c) for c in numeric]
+    return "<h2>Scores and measures (kept rows)</h2>" + "".join(parts)
+
+
+def _clusters(chain: list[Step]) -> str:
+    parts = []
+    for step in chain:
+        drops = step.drops.filter(pl.col("reason").str.ends_with("_duplicate"))
+        if drops.height == 0:
+            continue
+        inputs = pl.concat([read_records(p).records for p in step.inputs if p.exists()], how="diagonal_relaxed")
+        by_id = {r["id"]: r for r in inputs.iter_rows(named=True)}
+        top = drops.group_by("duplicate_of").agg(pl.len().alias("n"), pl.col("id").head(2), pl.col("reason").first()).sort("n", descending=True).head(TOP_CLUSTERS)
+        rows = [[r["n"] + 1, r["reason"], _text(by_id.get(r["duplicate_of"]), 160), " | ".join(_text(by_id.get(i), 120) for i in r["id"])]
+                for r in top.iter_rows(named=True)]
+        parts.append(f"<h3>{html.escape(step.command)}</h3>" + _table(["cluster size", "method", "kept row", "dropped examples"], rows))
+    return "<h2>Largest duplicate clusters</h2>" + "".join(parts) if parts else ""
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.8em 0 1.6em; width: 100%; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} h2 {{ border-bottom: 2px solid #4c72b0; padding-bottom: 4px; }}
+</style></head>
+<body><h1>{title}</h1>
+{body}
+<footer><p>smallset {version}</p></footer>
+</body></html>
+"""
