@@ -23,8 +23,8 @@ Pipeline, and why each step is built the way it is:
    ~0.035 at J=0.8 with 128 permutations). Because verification removes false
    candidates, the bands are tuned for recall (``lsh_weights``).
 
-Hashing and verification run in worker processes ("spawn", safe next to the
-threads of polars or torch) when the input is big enough to pay for starting them.
+Hashing and verification run in a process pool (one worker per core) when the
+input is big enough to pay for starting it; see `_Runner`.
 """
 
 from __future__ import annotations
@@ -181,10 +181,13 @@ def hashfunc(config: NearDedupConfig | None = None) -> Callable[[str | bytes], i
 # Fast fingerprints: numpy over the bytes of a whole chunk
 # --------------------------------------------------------------------------------------
 
-# Bytes Python's str.split() treats as whitespace, in the ASCII range (non-ASCII texts
-# are collapsed by Python first, so these are the only ones left).
-_ASCII_SPACE = np.zeros(256, dtype=bool)
-_ASCII_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+
+def _is_ascii_space(buf: np.ndarray) -> np.ndarray:
+    """Bytes Python's str.split() treats as whitespace in the ASCII range: 9-13 and 28-32.
+    (Non-ASCII texts are collapsed by Python first, so these are the only ones left.)"""
+    low = np.subtract(buf, 9, dtype=np.uint8) < 5  # wraps below 9, so one comparison
+    high = np.subtract(buf, 28, dtype=np.uint8) < 5
+    return low | high
 
 # P**i and P**-i mod 2**64 for the byte positions of a chunk; grown on demand, per process.
 _powers: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
@@ -228,7 +231,7 @@ def _fingerprints(texts: Sequence[str], config: NearDedupConfig) -> tuple[np.nda
     np.cumsum(lengths[:-1] + len(sep), out=doc_starts[1:])
 
     if kind == "word":
-        space = _ASCII_SPACE[buf]
+        space = _is_ascii_space(buf)
         edges = np.diff(space.view(np.int8), prepend=np.int8(1), append=np.int8(1))
         starts = np.flatnonzero(edges == -1)  # a byte that is not space after one that is
         ends = np.flatnonzero(edges == 1)  # one past the last byte of a word
@@ -239,13 +242,18 @@ def _fingerprints(texts: Sequence[str], config: NearDedupConfig) -> tuple[np.nda
         ends[-1:] = len(buf)
     pow_, ipow = _power_tables(len(buf) + 1)
     prefix = np.zeros(len(buf) + 1, dtype=np.uint64)
-    np.cumsum((buf.astype(np.uint64) + np.uint64(1)) * ipow[: len(buf)], out=prefix[1:])
-    units = _fmix((prefix[ends] - prefix[starts]) * pow_[ends - 1], 64)
+    weighted = np.add(buf, np.uint64(1), dtype=np.uint64)
+    weighted *= ipow[: len(buf)]
+    np.cumsum(weighted, out=prefix[1:])
+    del weighted
+    units = prefix[ends]
+    units -= prefix[starts]
+    units *= pow_[ends - 1]
+    units = _fmix(units, 64)
 
-    doc_of_unit = np.searchsorted(doc_starts, starts, side="right") - 1
-    counts = np.bincount(doc_of_unit, minlength=n_texts) if len(starts) else np.zeros(n_texts, dtype=np.int64)
-    unit_offsets = np.zeros(n_texts + 1, dtype=np.int64)
-    np.cumsum(counts, out=unit_offsets[1:])
+    # units before each text's first byte (units never straddle texts)
+    unit_offsets = np.searchsorted(starts, np.append(doc_starts, len(buf)))
+    counts = np.diff(unit_offsets)
 
     n = config.ngram
     per_doc = np.where(counts >= n, counts - n + 1, np.minimum(counts, 1))
@@ -254,17 +262,24 @@ def _fingerprints(texts: Sequence[str], config: NearDedupConfig) -> tuple[np.nda
     total = int(offsets[-1])
     # Shingle i of text k starts at unit unit_offsets[k] + i.
     first = np.repeat(unit_offsets[:-1] - offsets[:-1], per_doc) + np.arange(total, dtype=np.int64)
-    acc = units[first].copy() if total else np.empty(0, dtype=np.uint64)
-    width = np.repeat(np.minimum(counts, n), per_doc)  # units in each shingle (< n only for short texts)
-    padded = np.concatenate([units, np.zeros(n, dtype=np.uint64)])
-    for k in range(1, n):
-        take = width > k
-        if take.all():
-            acc *= _NP_Q
-            acc += padded[first + k]
-        elif take.any():
-            acc[take] = acc[take] * _NP_Q + padded[first[take] + k]
-    return _fmix(acc, 64), offsets
+    fps = np.empty(total, dtype=np.uint64)
+    full = np.repeat(counts >= n, per_doc)
+    if len(units) >= n:
+        # every window of n units, on contiguous slices; then the windows inside one text
+        windows = units[: len(units) - n + 1].copy()
+        for k in range(1, n):
+            windows *= _NP_Q
+            windows += units[k : len(units) - n + 1 + k]
+        fps[full] = windows[first[full]]
+    short = np.flatnonzero(~full)  # texts with fewer than n units: one shingle of all of them
+    if len(short):
+        width = np.repeat(counts, per_doc)[short]
+        acc = units[first[short]]
+        for k in range(1, n):
+            take = width > k
+            acc[take] = acc[take] * _NP_Q + units[first[short][take] + k]
+        fps[short] = acc
+    return _fmix(fps, 64), offsets
 
 
 # --------------------------------------------------------------------------------------
@@ -324,44 +339,84 @@ def _minhash(fps: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int) -> 
 # Work split across processes
 # --------------------------------------------------------------------------------------
 
+# Worker state: the config and, under "fork", the shared signature matrix that
+# `_sign_task` writes into (under "spawn" it returns its block instead).
 _worker_config: NearDedupConfig | None = None
+_worker_sig: np.ndarray | None = None
 
 
-def _init_worker(config: NearDedupConfig) -> None:
-    global _worker_config
-    _worker_config = config
+def _init_worker(config: NearDedupConfig | None, sig: np.ndarray | None = None) -> None:
+    global _worker_config, _worker_sig
+    _worker_config, _worker_sig = config, sig
 
 
-def _sign_task(texts: list[str]) -> np.ndarray:
+def _sign_task(task: tuple[int, int, list[str]]) -> np.ndarray | None:
+    start, end, texts = task
     config = _worker_config
     fps, offsets = _fingerprints(texts, config)
-    return _minhash(fps, offsets, config.num_perm, config.seed)
+    sig = _minhash(fps, offsets, config.num_perm, config.seed)
+    if _worker_sig is not None:
+        _worker_sig[:, start:end] = sig
+        return None
+    return sig
 
 
 def _verify_task(task: tuple[list[str], np.ndarray]) -> np.ndarray:
     """Exact Jaccard of each (i, j) row of `pairs`, indices into `texts`."""
     texts, pairs = task
-    fps, offsets = _fingerprints(texts, _worker_config)
-    sets: dict[int, set[int]] = {}
-    out = np.empty(len(pairs), dtype=np.float64)
-    for k, (i, j) in enumerate(pairs.tolist()):
-        a = sets.get(i)
-        if a is None:
-            a = sets[i] = set(fps[offsets[i] : offsets[i + 1]].tolist())
-        b = sets.get(j)
-        if b is None:
-            b = sets[j] = set(fps[offsets[j] : offsets[j + 1]].tolist())
-        inter = len(a & b)
-        union = len(a) + len(b) - inter
-        out[k] = inter / union if union else 0.0
+    parts = [_fingerprints(texts[s:e], _worker_config) for s, e in _chunks(texts)]
+    fps = np.concatenate([p[0] for p in parts])
+    counts = np.concatenate([np.diff(p[1]) for p in parts])
+    return _pair_jaccard(fps, counts, pairs)
+
+
+def _pair_jaccard(fps: np.ndarray, counts: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Jaccard of the fingerprint sets of texts i and j for each row (i, j) of `pairs`.
+
+    Vectorized: every (text, fingerprint) becomes one sortable uint64 key, the text in
+    the high bits and the fingerprint's top bits below it (>= 44 of 64 bits up to a
+    million texts per call: two different shingles of a pair share a key with odds
+    ~1e-9), sorted and deduplicated once; then each pair looks the smaller set's keys
+    up in the other text's range. Pairs are ordered so that the lookups walk the
+    sorted keys forward, which keeps `searchsorted` in cache.
+    """
+    n_docs = len(counts)
+    doc_bits = max(1, (n_docs - 1).bit_length())
+    shift = np.uint64(64 - doc_bits)
+    low_mask = np.uint64((1 << (64 - doc_bits)) - 1)
+    keys = np.repeat(np.arange(n_docs, dtype=np.uint64), counts) << shift
+    keys |= fps >> np.uint64(doc_bits)
+    keys.sort()
+    if len(keys):
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]  # sets: drop repeats
+    seg = np.searchsorted(keys >> shift, np.arange(n_docs + 1, dtype=np.uint64))
+    size = np.diff(seg)
+    i, j = pairs[:, 0], pairs[:, 1]
+    small, big = np.where(size[i] <= size[j], i, j), np.where(size[i] <= size[j], j, i)
+    order = np.lexsort((small, big))
+    small, big = small[order], big[order]
+    n_q = size[small]
+    total = int(n_q.sum())
+    pair_of_q = np.repeat(np.arange(len(order)), n_q)
+    q_index = np.repeat(seg[small] - (np.cumsum(n_q) - n_q), n_q) + np.arange(total)
+    queries = (big.astype(np.uint64)[pair_of_q] << shift) | (keys[q_index] & low_mask)
+    found = np.searchsorted(keys, queries)
+    hit = keys[np.minimum(found, len(keys) - 1)] == queries if len(keys) else np.zeros(0, dtype=bool)
+    inter = np.bincount(pair_of_q[hit], minlength=len(order)).astype(np.float64)
+    union = size[small] + size[big] - inter
+    out = np.empty(len(order), dtype=np.float64)
+    out[order] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     return out
 
 
 _CHUNK_BYTES = 1 << 20  # text per task: big enough to amortize numpy calls, small enough to balance
-_POOL_MIN_BYTES = 32 << 20  # below this a single process beats starting workers (about a second)
+# Below these sizes one process beats starting workers: forked ones start in ~0.05 s,
+# spawned ones import numpy and datasketch again (~1 s).
+_POOL_MIN_BYTES = {"fork": 8 << 20, "spawn": 128 << 20}
 
 
-def _chunks(texts: Sequence[str], budget: int = _CHUNK_BYTES) -> Iterator[tuple[int, int]]:
+def _chunks(texts: Sequence[str], budget: int | None = None) -> Iterator[tuple[int, int]]:
+    budget = budget or _CHUNK_BYTES
     start, size = 0, 0
     for k, t in enumerate(texts):
         size += len(t) + 1
@@ -372,17 +427,46 @@ def _chunks(texts: Sequence[str], budget: int = _CHUNK_BYTES) -> Iterator[tuple[
         yield start, len(texts)
 
 
+def _start_method() -> str:
+    import sys
+
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
 class _Runner:
-    """Maps tasks inline or over a spawn pool, the same code either way."""
+    """Maps tasks inline or over a process pool, with the same task functions.
 
-    def __init__(self, config: NearDedupConfig, total_bytes: int) -> None:
-        workers = config.workers or os.cpu_count() or 1
+    Tasks carry their texts (pickled): forked workers could read the parent's list
+    for free, but every read bumps a refcount and makes the page private, so the
+    workers would end up copying all the texts. On Linux the pool is forked (starts
+    in ~0.05 s; safe although the parent may run threads, e.g. polars or BLAS,
+    because workers only run numpy and take no lock those threads hold), and
+    workers write signatures straight into shared memory. Elsewhere (macOS,
+    Windows: fork unsafe or missing) it is spawned and tasks return their block.
+    """
+
+    def __init__(self, config: NearDedupConfig, texts: Sequence[str]) -> None:
+        import multiprocessing
+
+        self.texts = texts
         self.pool = None
-        if workers > 1 and total_bytes >= _POOL_MIN_BYTES:
-            import multiprocessing
+        self.workers = 1
+        self.sig = None  # (num_perm, n) signatures
+        workers = config.workers or os.cpu_count() or 1
+        method = _start_method()
+        if workers > 1 and sum(map(len, texts)) >= _POOL_MIN_BYTES[method]:
+            sig = None
+            if method == "fork":
+                import mmap
 
-            ctx = multiprocessing.get_context("spawn")
-            self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config,))
+                count = config.num_perm * len(texts)
+                shared = mmap.mmap(-1, max(4 * count, 1))  # anonymous MAP_SHARED, kept alive by the array
+                sig = self.sig = np.frombuffer(shared, dtype=np.uint32, count=count).reshape(config.num_perm, len(texts))
+            ctx = multiprocessing.get_context(method)
+            self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config, sig))
+            self.workers = workers
+        if self.sig is None:
+            self.sig = np.empty((config.num_perm, len(texts)), dtype=np.uint32)
         _init_worker(config)
 
     def map(self, fn, tasks):
@@ -394,15 +478,19 @@ class _Runner:
         if self.pool is not None:
             self.pool.close()
             self.pool.join()
+            self.pool = None
+        _init_worker(None)
 
 
-def _signatures(texts: Sequence[str], config: NearDedupConfig, runner: _Runner) -> np.ndarray:
-    sig = np.empty((config.num_perm, len(texts)), dtype=np.uint32)
+def _signatures(runner: _Runner) -> np.ndarray:
+    """Fill `runner.sig` and return it."""
+    texts = runner.texts
+    tasks = ((s, e, list(texts[s:e])) for s, e in _chunks(texts))
     bounds = list(_chunks(texts))
-    results = runner.map(_sign_task, (list(texts[s:e]) for s, e in bounds))
-    for (s, e), part in zip(bounds, results):
-        sig[:, s:e] = part
-    return sig
+    for (s, e), part in zip(bounds, runner.map(_sign_task, tasks)):
+        if part is not None:
+            runner.sig[:, s:e] = part
+    return runner.sig
 
 
 def signatures(texts: Sequence[str], config: NearDedupConfig | None = None) -> np.ndarray:
@@ -410,9 +498,9 @@ def signatures(texts: Sequence[str], config: NearDedupConfig | None = None) -> n
     ``datasketch.MinHash(num_perm, seed=seed, hashfunc=hashfunc(config))`` updated with
     ``shingles(texts[k], config)``."""
     config = config or NearDedupConfig()
-    runner = _Runner(config, sum(map(len, texts)))
+    runner = _Runner(config, texts)
     try:
-        return _signatures(texts, config, runner).T.copy()
+        return _signatures(runner).T.copy()
     finally:
         runner.close()
 
@@ -488,26 +576,28 @@ def _estimated_jaccard(sig: np.ndarray, pairs: np.ndarray, block: int = 65536) -
     return out
 
 
-def _verify(texts: Sequence[str], pairs: np.ndarray, runner: _Runner, per_task: int = 20_000) -> np.ndarray:
-    """Exact Jaccard per candidate; the texts involved are re-shingled in the workers
-    (cheaper than keeping every shingle set of every text in memory)."""
-    tasks = []
-    for s in range(0, len(pairs), per_task):
-        part = pairs[s : s + per_task]
-        involved, local = np.unique(part, return_inverse=True)
-        tasks.append(([texts[k] for k in involved.tolist()], local.reshape(-1, 2).astype(np.int64)))
-    results = list(runner.map(_verify_task, tasks))
+def _verify(pairs: np.ndarray, runner: _Runner) -> np.ndarray:
+    """Exact Jaccard per candidate; the texts involved are shingled again in the workers
+    (cheaper than keeping every shingle of every text in memory)."""
+    per_task = min(20_000, max(2_000, -(-len(pairs) // (4 * runner.workers))))
+
+    def tasks():
+        for s in range(0, len(pairs), per_task):
+            involved, local = np.unique(pairs[s : s + per_task], return_inverse=True)
+            yield [runner.texts[k] for k in involved.tolist()], local.reshape(-1, 2).astype(np.int64)
+
+    results = list(runner.map(_verify_task, tasks()))
     return np.concatenate(results) if results else np.empty(0, dtype=np.float64)
 
 
 def _pairs(texts: Sequence[str], config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    runner = _Runner(config, sum(map(len, texts)))
+    runner = _Runner(config, texts)
     try:
-        sig = _signatures(texts, config, runner)
+        sig = _signatures(runner)
         bands, rows = lsh_params(float(config.threshold), config.num_perm, tuple(config.lsh_weights))
         candidates = _band_candidates(sig, bands, rows)
         if config.verify:
-            similarity = _verify(texts, candidates, runner)
+            similarity = _verify(candidates, runner)
         else:
             similarity = _estimated_jaccard(sig, candidates)
     finally:

@@ -1,0 +1,151 @@
+"""`synth generate`: plan samples over the task's axes, ask the teacher, keep what parses.
+
+Every planned sample has a deterministic key (task, strategy, index, axis values),
+so a run killed at any point and started again generates exactly the missing
+samples: none twice, none lost (see `journal`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+from tqdm import tqdm
+
+from curate.drops import make_drops, empty_drops
+from curate.records import CORE_SCHEMA, order_columns, with_ids
+from synth.coverage import plan
+from synth.journal import Journal
+from synth.prompts import build_chat
+from synth.task import TaskSpec
+from synth.teacher import Generation, SamplingConfig
+
+
+class Teacher(Protocol):
+    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig | list[SamplingConfig],
+             json_schema: dict | None = None) -> list[Generation]: ...
+
+
+@dataclass
+class Planned:
+    key: str
+    index: int
+    axes: dict[str, str]
+    chat: list[dict[str, str]]
+    prompt_hash: str
+
+
+@dataclass
+class GenerateResult:
+    records: pl.DataFrame
+    drops: pl.DataFrame
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_samples(task: TaskSpec, seed: int) -> list[Planned]:
+    samples = []
+    for index, axes in enumerate(plan(task.axes, task.n, seed)):
+        chat = build_chat(task, index, axes)
+        prompt_hash = hashlib.blake2b(json.dumps(chat, sort_keys=True).encode(), digest_size=8).hexdigest()
+        ident = json.dumps([task.name, task.strategy, index, axes, seed], sort_keys=True)
+        key = hashlib.blake2b(ident.encode(), digest_size=12).hexdigest()
+        samples.append(Planned(key, index, axes, chat, prompt_hash))
+    return samples
+
+
+def journal_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name.split(".")[0] + ".partial.jsonl")
+
+
+def generate(task: TaskSpec, teacher: Teacher, output: str | Path, *, model_name: str, structured: bool = True,
+             batch_size: int = 16, progress: bool = True) -> GenerateResult:
+    """Generate `task.n` samples, resuming from the journal beside `output` if there is one."""
+    base = SamplingConfig(**task.sampling)
+    planned = plan_samples(task, base.seed)
+    journal = Journal(journal_path(output))
+    todo = [p for p in planned if p.key not in journal]
+    schema = task.output.json_schema() if structured else None
+    started, new_tokens = time.perf_counter(), 0
+    with tqdm(total=len(planned), initial=len(planned) - len(todo), desc=f"synth {task.name}",
+              unit="sample", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            sampling = [dataclasses.replace(base, seed=base.seed + p.index) for p in batch]
+            generations = teacher.chat([p.chat for p in batch], sampling, json_schema=schema)
+            entries = []
+            for p, g in zip(batch, generations):
+                sample, error = parse_sample(g.text, task)
+                new_tokens += g.completion_tokens
+                entries.append({"key": p.key, "index": p.index, "axes": p.axes, "prompt_hash": p.prompt_hash,
+                                "seed": base.seed + p.index, "text": g.text, "sample": sample, "error": error,
+                                "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+                                "finish_reason": g.finish_reason})
+            journal.append(entries)
+            bar.update(len(batch))
+    elapsed = time.perf_counter() - started
+    entries = [journal.entries[p.key] for p in planned]
+    records, drops = _to_records(task, entries, model_name)
+    usage = {
+        "prompt_tokens": sum(e["prompt_tokens"] for e in entries),
+        "completion_tokens": sum(e["completion_tokens"] for e in entries),
+        "generated_this_run": len(todo),
+        "resumed": len(planned) - len(todo),
+        "output_tokens_per_s": round(new_tokens / elapsed, 2) if todo and elapsed > 0 else None,
+        "parsed": sum(e["sample"] is not None for e in entries),
+    }
+    return GenerateResult(records, drops, usage)
+
+
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def parse_sample(text: str, task: TaskSpec) -> tuple[dict[str, Any] | None, str | None]:
+    """The sample as a dict, or why it is unusable."""
+    match = _JSON_OBJECT.search(text)
+    if not match:
+        return None, "no JSON object in the reply"
+    try:
+        value = json.loads(match.group(0))
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg}"
+    if not isinstance(value, dict):
+        return None, "the reply is not a JSON object"
+    missing = [f for f in task.output.fields if f not in value]
+    if missing:
+        return None, f"missing field(s) {missing}"
+    for name, spec in task.output.fields.items():
+        if "enum" in spec and value[name] not in spec["enum"]:
+            return None, f"field '{name}' = {value[name]!r} is not one of {spec['enum']}"
+    if any(isinstance(value[f], str) and not value[f].strip() for f in task.output.fields):
+        return None, "an empty field"
+    return value, None
+
+
+def _to_records(task: TaskSpec, entries: list[dict[str, Any]], model_name: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    rows, failed = [], []
+    for e in entries:
+        if e["sample"] is None:
+            failed.append(e)
+            continue
+        rendered = task.output.render(e["sample"])
+        meta = {"synth": {"task": task.name, "strategy": task.strategy, "axes": e["axes"], "key": e["key"],
+                          "prompt_hash": e["prompt_hash"], "model": model_name, "seed": e["seed"]},
+                "sample": e["sample"]}
+        rows.append({"id": "", "messages": rendered["messages"], "label": rendered["label"],
+                     "source": f"synth:{task.name}", "meta": json.dumps(meta, ensure_ascii=False)})
+    records = order_columns(with_ids(pl.DataFrame(rows, schema=CORE_SCHEMA))) if rows else pl.DataFrame(schema=CORE_SCHEMA)
+    if not failed:
+        return records, empty_drops()
+    drops = make_drops(
+        id=[f"synth:{e['key']}" for e in failed], step="synth", reason="unparsable",
+        detail=[f"{e['error']}; reply: {e['text'][:120]!r}" for e in failed],
+    )
+    return records, drops
