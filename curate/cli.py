@@ -229,6 +229,56 @@ def select(input: Path, output: Path, size: int, score_column: str | None, quali
 
 
 @main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Scored rows: .parquet or .jsonl.")
+@click.option("--judge", "use_judge", is_flag=True, required=True, help="Score with the local LLM judge (the only scorer so far).")
+@click.option("--rubric", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML mapping of criterion name to question (default: correctness, helpfulness, format; each 1-5).")
+@click.option("--labels", help="Comma-separated allowed labels: the judge also labels each row and says if it agrees.")
+@click.option("--model", help="Judge model spec (default: packaged SmolLM2-135M-Instruct).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def score(input: Path, output: Path, use_judge: bool, rubric: Path | None, labels: str | None, model: str | None,
+          batch_size: int) -> None:
+    """Score every row with an LLM judge from a rubric; scores become columns.
+
+    Adds judge_<criterion> (1-5), judge_score (their mean) and judge_rationale; with
+    --labels also judge_label and judge_agrees. Threshold them with `curate filter`.
+
+    \b
+    Example:
+      curate score synth.parquet --judge --labels billing,technical,account,shipping -o scored.parquet
+    """
+    import yaml
+
+    from curate.judge import JudgeConfig, judge
+    from curate.llm import EngineConfig, LLMEngine
+
+    try:
+        config = JudgeConfig(rubric=yaml.safe_load(rubric.read_text()) if rubric else JudgeConfig().rubric,
+                             labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None,
+                             batch_size=batch_size)
+    except (ValueError, AttributeError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    manifest = Manifest("curate score", parameters={"judge": True, "rubric": config.rubric, "labels": config.labels,
+                                                    "batch_size": batch_size})
+    records = _load(input, manifest)
+    with console.status("starting the vLLM engine (about 30 s on CPU)"):
+        engine = LLMEngine(EngineConfig(model=model))
+    manifest.models.append(engine.model.describe())
+    with engine:
+        scored = judge(records, engine, config)
+    write_records(scored, output)
+    manifest.add_output(output, rows=scored.height)
+    manifest.counts = {"in": records.height, "out": scored.height,
+                       "unscored": int(scored["judge_score"].null_count())}
+    manifest.parameters["usage"] = engine.usage
+    manifest.write(output)
+    mean = scored["judge_score"].mean()
+    console.print(f"[green]scored[/] {scored.height} rows -> {output}; mean judge_score {mean:.2f}"
+                  + (f", judge agrees with {scored['judge_agrees'].mean():.0%} of labels" if config.labels else ""))
+
+
+@main.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="HTML file to write.")
 @click.option("--title", help="Page title.")

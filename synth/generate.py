@@ -25,12 +25,12 @@ from synth.coverage import plan
 from synth.journal import Journal
 from synth.prompts import build_chat
 from synth.task import TaskSpec
-from synth.teacher import Generation, SamplingConfig
+from curate.llm import Generation, SamplingConfig
 
 
 class Teacher(Protocol):
     def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig | list[SamplingConfig],
-             json_schema: dict | None = None) -> list[Generation]: ...
+             json_schema: dict | list[dict] | None = None) -> list[Generation]: ...
 
 
 @dataclass
@@ -72,14 +72,14 @@ def generate(task: TaskSpec, teacher: Teacher, output: str | Path, *, model_name
     planned = plan_samples(task, base.seed)
     journal = Journal(journal_path(output))
     todo = [p for p in planned if p.key not in journal]
-    schema = task.output.json_schema() if structured else None
     started, new_tokens = time.perf_counter(), 0
     with tqdm(total=len(planned), initial=len(planned) - len(todo), desc=f"synth {task.name}",
               unit="sample", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             sampling = [dataclasses.replace(base, seed=base.seed + p.index) for p in batch]
-            generations = teacher.chat([p.chat for p in batch], sampling, json_schema=schema)
+            schemas = [task.output.json_schema(fixed=p.axes) for p in batch] if structured else None
+            generations = teacher.chat([p.chat for p in batch], sampling, json_schema=schemas)
             entries = []
             for p, g in zip(batch, generations):
                 sample, error = parse_sample(g.text, task)

@@ -1,6 +1,7 @@
 """Prompts: one chat per planned sample, by strategy.
 
-* taxonomy: the axis values say what to write; seeds only show the format.
+* taxonomy: the axis values say what to write; no seed is shown (structured output
+  fixes the format), so small teachers cannot echo the seeds.
 * self_instruct: a few seeds, rotated per sample, as examples to go beyond (Self-Instruct).
 * evolve: a seed rewritten by one Evol-Instruct operation (deepen, concretize, add a
   constraint, make it more realistic).
@@ -22,7 +23,7 @@ EVOLUTIONS = (
     "constrained: add one realistic constraint or requirement",
     "more realistic: phrase it the way a real person would, with natural imperfections",
 )
-EXAMPLES_SHOWN = 2
+EXAMPLES_SHOWN = 3
 
 
 def _schema_hint(task: TaskSpec) -> str:
@@ -63,14 +64,14 @@ def build_chat(task: TaskSpec, index: int, axes: dict[str, str]) -> list[dict[st
             f"Sample: {json.dumps(base, ensure_ascii=False)}"
         )
     else:
-        count = 3 if task.strategy == "self_instruct" else EXAMPLES_SHOWN
-        shown = "\n".join(json.dumps(e, ensure_ascii=False) for e in _examples(task, index, count))
+        shown = ""
+        if task.strategy == "self_instruct":
+            shown = "\n".join(json.dumps(e, ensure_ascii=False) for e in _examples(task, index, EXAMPLES_SHOWN))
         user = "Write one new sample."
         if attributes:
             user += f"\nIt must have these attributes:\n{attributes}"
         if shown:
-            lead = "Go beyond these examples: write something different" if task.strategy == "self_instruct" else "Examples of the format (do not copy them)"
-            user += f"\n\n{lead}:\n{shown}"
+            user += f"\n\nGo beyond these examples: write something different:\n{shown}"
     if attributes and task.strategy == "evolve":
         user += f"\nIt must have these attributes:\n{attributes}"
     return [{"role": "system", "content": system_prompt(task)}, {"role": "user", "content": user}]

@@ -50,14 +50,20 @@ class OutputSpec:
     label: str | None = None
     system: str | None = None
 
-    def json_schema(self) -> dict[str, Any]:
-        """The JSON schema every generated sample must match (used for structured output)."""
+    def json_schema(self, fixed: dict[str, str] | None = None) -> dict[str, Any]:
+        """The JSON schema every generated sample must match (used for structured output).
+
+        `fixed` pins fields to values: an axis named like a field (say `label`) decides
+        that field, so the planned coverage is the coverage you get.
+        """
         props = {}
         for name, spec in self.fields.items():
             prop = {"type": spec.get("type", "string")}
             for key in ("enum", "description", "minLength", "maxLength", "minimum", "maximum"):
                 if key in spec:
                     prop[key] = spec[key]
+            if fixed and name in fixed:
+                prop["enum"] = [fixed[name]]
             props[name] = prop
         return {"type": "object", "properties": props, "required": list(self.fields), "additionalProperties": False}
 

@@ -1,0 +1,150 @@
+"""The local LLM: one small interface over vLLM's in-process engine.
+
+The same engine plays three parts: the teacher that writes synthetic data
+(`synth`), the judge that scores data (`curate score --judge`), and the evaluator
+that compares a base model with its LoRA adapter (`train eval`). It lives here,
+in the base package, so that `synth` and `train` share it without importing each
+other. Nothing leaves the machine.
+
+vLLM starts worker processes by spawn: build an `LLMEngine` only under
+`if __name__ == "__main__":` or from a CLI entry point.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from curate.errors import SmallsetError
+from curate.models import ResolvedModel, resolve_llm
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling for one request; defaults suit data generation (varied but on-topic)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 256
+    seed: int = 0
+
+    def to_vllm(self, json_schema: dict | None = None):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(json=json_schema) if json_schema is not None else None
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                              seed=self.seed, structured_outputs=structured)
+
+
+@dataclass
+class EngineConfig:
+    """How the engine is built. The defaults fit a laptop-class CPU and the 135M default model."""
+
+    model: str | None = None
+    """Model spec: None/'default', a local folder, or a hub id (see curate.models)."""
+    max_model_len: int = 2048
+    dtype: str = "bfloat16"
+    kv_cache_gib: int = 2
+    """KV cache for vLLM's CPU backend (VLLM_CPU_KVCACHE_SPACE), unless already set."""
+    enable_lora: bool = False
+    max_lora_rank: int = 16
+    gpu_memory_utilization: float = 0.85
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+
+
+class LLMEngine:
+    """A vLLM engine built once and reused for every batch. Use as a context manager."""
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.model: ResolvedModel = resolve_llm(self.config.model)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = {"model": str(self.model.path), "max_model_len": self.config.max_model_len,
+                                  "dtype": self.config.dtype, "seed": 0}
+        if self.config.enable_lora:
+            kwargs.update(enable_lora=True, max_lora_rank=self.config.max_lora_rank)
+        if _has_cuda():
+            kwargs["gpu_memory_utilization"] = self.config.gpu_memory_utilization
+        try:
+            self._llm = LLM(**kwargs)
+        except (MemoryError, RuntimeError, ValueError) as exc:
+            text = str(exc)
+            if "memory" in text.lower() or isinstance(exc, MemoryError):
+                raise SmallsetError(
+                    f"model {self.model.path} does not fit in memory ({text.splitlines()[0] if text else 'out of memory'}); "
+                    "use a smaller model, a shorter --max-model-len, or a smaller KV cache (VLLM_CPU_KVCACHE_SPACE)"
+                ) from None
+            raise
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+
+    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig | list[SamplingConfig] | None = None,
+             json_schema: dict | list[dict] | None = None, lora: tuple[str, int, str] | None = None,
+             progress: bool = False) -> list[Generation]:
+        """Generate one reply per conversation, in order.
+
+        `sampling` may be one config for all or one per conversation (per-sample seeds
+        make a resumed run reproduce what an uninterrupted one would have).
+        `json_schema` constrains every reply to valid JSON of that schema (or one schema per conversation).
+        `lora` is (name, integer id, adapter folder) to answer with an adapter.
+        """
+        n = len(conversations)
+        samplings = sampling if isinstance(sampling, list) else [sampling or SamplingConfig()] * n
+        schemas = json_schema if isinstance(json_schema, list) else [json_schema] * n
+        if len(samplings) != n or len(schemas) != n:
+            raise ValueError("give one sampling config and one schema per conversation, or one for all")
+        params = [s.to_vllm(schema) for s, schema in zip(samplings, schemas)]
+        request = None
+        if lora is not None:
+            from vllm.lora.request import LoRARequest
+
+            request = LoRARequest(*lora)
+        outputs = self._llm.chat(conversations, params, use_tqdm=progress, lora_request=request)
+        result = []
+        for out in outputs:
+            completion = out.outputs[0]
+            result.append(Generation(completion.text, len(out.prompt_token_ids or []), len(completion.token_ids),
+                                     completion.finish_reason))
+        self.usage["prompt_tokens"] += sum(g.prompt_tokens for g in result)
+        self.usage["completion_tokens"] += sum(g.completion_tokens for g in result)
+        self.usage["requests"] += len(result)
+        return result
+
+    def close(self) -> None:
+        """Stop the engine's worker processes now rather than at interpreter exit."""
+        llm = getattr(self, "_llm", None)
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self._llm = None
+        gc.collect()
+
+    def __enter__(self) -> LLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
