@@ -148,3 +148,104 @@ def _has_cuda() -> bool:
         return torch.cuda.is_available()
     except Exception:
         return False
+
+
+@dataclass
+class EndpointConfig:
+    """An OpenAI-compatible server (`synth serve`, `vllm serve`, a fleet behind a load balancer)."""
+
+    url: str
+    """Base URL, e.g. http://127.0.0.1:8000/v1."""
+    model: str | None = None
+    """Model name the server knows; None asks the server (/models) and takes the first."""
+    api_key: str | None = None
+    timeout_s: float = 120.0
+    retries: int = 4
+    """Attempts after the first, with exponential backoff (1 s, 2 s, 4 s, ...)."""
+    concurrency: int = 8
+
+
+class EndpointEngine:
+    """The same `chat` as `LLMEngine`, over HTTP, with timeouts, retries and bounded concurrency."""
+
+    def __init__(self, config: EndpointConfig) -> None:
+        import httpx
+
+        self.config = config
+        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._client = httpx.Client(base_url=config.url.rstrip("/"), timeout=config.timeout_s, headers=headers)
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+        self.model_name = config.model or self._first_model()
+        self.model = ResolvedModel("llm", _PathLike(config.url), f"endpoint:{self.model_name}")
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict:
+        import time
+
+        import httpx
+
+        last: Exception | None = None
+        for attempt in range(self.config.retries + 1):
+            try:
+                response = self._client.request(method, path, **kwargs)
+                if response.status_code >= 500 or response.status_code == 429:
+                    raise httpx.HTTPStatusError(f"HTTP {response.status_code}", request=response.request, response=response)
+                response.raise_for_status()
+                return response.json()
+            except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body that is not JSON
+                last = exc
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                if status is not None and 400 <= status < 500 and status != 429:
+                    break  # the request itself is wrong: retrying will not help
+                if attempt < self.config.retries:
+                    time.sleep(2**attempt)
+        raise SmallsetError(
+            f"the endpoint {self.config.url} failed after {self.config.retries + 1} attempts: {type(last).__name__}: {last}"
+        )
+
+    def _first_model(self) -> str:
+        models = self._request("GET", "/models").get("data") or []
+        if not models:
+            raise SmallsetError(f"the endpoint {self.config.url} serves no model")
+        return models[0]["id"]
+
+    def _one(self, messages: list[dict[str, str]], sampling: SamplingConfig, schema: dict | None) -> Generation:
+        body: dict[str, Any] = {"model": self.model_name, "messages": messages, "temperature": sampling.temperature,
+                                "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": sampling.seed}
+        if schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "sample", "schema": schema}}
+        data = self._request("POST", "/chat/completions", json=body)
+        try:
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            return Generation(choice["message"]["content"] or "", int(usage.get("prompt_tokens", 0)),
+                              int(usage.get("completion_tokens", 0)), choice.get("finish_reason"))
+        except (KeyError, IndexError, TypeError) as exc:
+            raise SmallsetError(f"the endpoint {self.config.url} answered something that is not a chat completion: {exc}") from None
+
+    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig | list[SamplingConfig] | None = None,
+             json_schema: dict | list[dict] | None = None, lora: tuple[str, int, str] | None = None,
+             progress: bool = False) -> list[Generation]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = len(conversations)
+        samplings = sampling if isinstance(sampling, list) else [sampling or SamplingConfig()] * n
+        schemas = json_schema if isinstance(json_schema, list) else [json_schema] * n
+        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+            result = list(pool.map(self._one, conversations, samplings, schemas))
+        self.usage["prompt_tokens"] += sum(g.prompt_tokens for g in result)
+        self.usage["completion_tokens"] += sum(g.completion_tokens for g in result)
+        self.usage["requests"] += len(result)
+        return result
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> EndpointEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _PathLike(str):
+    """An endpoint URL standing where a model folder would (for manifests)."""

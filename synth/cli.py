@@ -10,7 +10,7 @@ import click
 from curate import __version__
 from curate.console import SmallsetGroup, console
 from curate.drops import write_drops
-from curate.llm import EngineConfig, LLMEngine, SamplingConfig
+from curate.llm import EndpointConfig, EndpointEngine, EngineConfig, LLMEngine, SamplingConfig
 from curate.manifest import Manifest
 from curate.writers import write_records
 
@@ -61,8 +61,11 @@ def prompt(text: tuple[str, ...], system: str | None, model: str | None, max_tok
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per engine call (and per durable save).")
 @click.option("--structured/--no-structured", default=True, show_default=True, help="JSON-schema structured output.")
 @click.option("--max-model-len", type=int, default=2048, show_default=True)
+@click.option("--endpoint", envvar="SMALLSET_ENDPOINT", metavar="URL",
+              help="Use an OpenAI-compatible server (e.g. `synth serve`) instead of an in-process engine.")
+@click.option("--api-key", envvar="SMALLSET_ENDPOINT_KEY", help="API key for --endpoint.")
 def generate(task_file: Path, output: Path, num: int | None, model: str | None, batch_size: int, structured: bool,
-             max_model_len: int) -> None:
+             max_model_len: int, endpoint: str | None, api_key: str | None) -> None:
     """Generate the samples a task spec describes, covering its axes.
 
     Results are saved as they arrive; run the same command again after a crash
@@ -84,8 +87,11 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
                                                       "structured": structured, "batch_size": batch_size,
                                                       "sampling": task.sampling, "sensitive": task.sensitive})
     manifest.add_input(task_file)
-    with console.status("starting the vLLM engine (about 30 s on CPU)"):
-        engine = LLMEngine(EngineConfig(model=model, max_model_len=max_model_len))
+    if endpoint:
+        engine = EndpointEngine(EndpointConfig(url=endpoint, model=model, api_key=api_key))
+    else:
+        with console.status("starting the vLLM engine (about 30 s on CPU)"):
+            engine = LLMEngine(EngineConfig(model=model, max_model_len=max_model_len))
     manifest.models.append(engine.model.describe())
     with engine:
         result = run_generate(task, engine, output, model_name=str(engine.model.path), structured=structured,
@@ -100,6 +106,40 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
     journal_path(output).unlink(missing_ok=True)
     console.print(f"[green]wrote[/] {records.height} of {task.n} samples to {output} "
                   f"({result.usage['resumed']} resumed, {drops.height} unparsable)")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--model", help="Model spec (default: packaged SmolLM2-135M-Instruct).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on. Anything but loopback is your decision.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-model-len", type=int, default=2048, show_default=True)
+@click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
+def serve(model: str | None, host: str, port: int, max_model_len: int, vllm_args: tuple[str, ...]) -> None:
+    """Serve the teacher with vLLM's OpenAI-compatible server, for a team that shares one.
+
+    Extra arguments go to vLLM as they are (e.g. --api-key KEY). Point
+    `synth generate --endpoint http://HOST:PORT/v1` at it.
+
+    \b
+    Example:
+      synth serve --port 8000 -- --api-key "$(openssl rand -hex 16)"
+    """
+    import os
+    import socket
+    import sys
+
+    from curate.models import resolve_llm
+
+    with socket.socket() as probe:
+        if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
+            raise click.ClickException(f"port {port} on {host} is already in use; choose another with --port")
+    resolved = resolve_llm(model)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    console.print(f"serving {resolved.path} ({resolved.source}) on http://{host}:{port}/v1 as model 'teacher'")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(resolved.path),
+           "--served-model-name", "teacher", "--host", host, "--port", str(port),
+           "--max-model-len", str(max_model_len), *vllm_args]
+    os.execv(sys.executable, cmd)  # become the server: signals and exit codes are vLLM's own
 
 
 if __name__ == "__main__":
