@@ -28,11 +28,20 @@ $(STAMP): pyproject.toml Makefile
 	$(VENV)/bin/curate models
 	touch $@
 
-# The main job on bundled defaults. Until the recipe runner lands: ingest the bundled
-# examples and ask the default teacher, served by vLLM, for a reply.
+# The main job on bundled defaults, until the recipe runner lands: real tickets plus
+# synthetic ones from the default teacher (vLLM), deduplicated, decontaminated against
+# the hand-written held-out set, scored by the judge, selected, and reported.
+DEMO := runs/demo
 demo: setup
-	$(VENV)/bin/curate ingest recipes/examples/support_tickets.csv --map text=body --map label=category -o runs/demo/tickets.parquet
-	$(VENV)/bin/synth prompt --max-tokens 64 "In one sentence: why do a few hundred curated examples beat a big, noisy dataset?"
+	$(VENV)/bin/curate ingest recipes/examples/support_tickets.csv --map text=body --map label=category -o $(DEMO)/real.parquet
+	$(VENV)/bin/synth generate recipes/tasks/support_tickets.yaml -n 48 -o $(DEMO)/synth.parquet
+	$(VENV)/bin/curate ingest $(DEMO)/real.parquet $(DEMO)/synth.parquet -o $(DEMO)/all.parquet
+	$(VENV)/bin/curate dedup $(DEMO)/all.parquet --method exact --method near --method semantic -o $(DEMO)/dedup.parquet
+	$(VENV)/bin/curate decontaminate $(DEMO)/dedup.parquet --against recipes/examples/support_tickets_test.jsonl -o $(DEMO)/clean.parquet
+	$(VENV)/bin/curate score $(DEMO)/clean.parquet --judge --labels billing,technical,account,shipping -o $(DEMO)/scored.parquet
+	$(VENV)/bin/curate select $(DEMO)/scored.parquet --size 40 --score-column judge_score -o $(DEMO)/selected.parquet
+	$(VENV)/bin/curate report $(DEMO)/selected.parquet -o $(DEMO)/report.html
+	@echo "report: $(DEMO)/report.html"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -102,7 +102,7 @@ def test_generate_survives_sigkill_and_resumes_without_loss_or_duplicates(tmp_pa
     cmd = [SYNTH, "generate", str(task_file), "-o", str(out), "--batch-size", "4", "--max-model-len", "1024"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     journal = journal_path(out)
-    deadline = time.time() + 420
+    deadline = time.time() + 900
     while time.time() < deadline and first.poll() is None:
         if journal.exists() and len(journal.read_text().splitlines()) >= 4:
             break
@@ -114,7 +114,7 @@ def test_generate_survives_sigkill_and_resumes_without_loss_or_duplicates(tmp_pa
     assert 4 <= len(done_before) < 16
     assert not out.exists()
 
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     records = pl.read_parquet(out)
     keys = [json.loads(m)["synth"]["key"] for m in records["meta"]]
