@@ -64,8 +64,12 @@ def prompt(text: tuple[str, ...], system: str | None, model: str | None, max_tok
 @click.option("--endpoint", envvar="SMALLSET_ENDPOINT", metavar="URL",
               help="Use an OpenAI-compatible server (e.g. `synth serve`) instead of an in-process engine.")
 @click.option("--api-key", envvar="SMALLSET_ENDPOINT_KEY", help="API key for --endpoint.")
+@click.option("--privacy/--no-privacy", default=None,
+              help="PII scan and seed-copy check of every sample. [default: on when the task is sensitive]")
+@click.option("--pii-action", type=click.Choice(["drop", "redact"]), default="drop", show_default=True,
+              help="What happens to a sample with PII in it.")
 def generate(task_file: Path, output: Path, num: int | None, model: str | None, batch_size: int, structured: bool,
-             max_model_len: int, endpoint: str | None, api_key: str | None) -> None:
+             max_model_len: int, endpoint: str | None, api_key: str | None, privacy: bool | None, pii_action: str) -> None:
     """Generate the samples a task spec describes, covering its axes.
 
     Results are saved as they arrive; run the same command again after a crash
@@ -97,15 +101,29 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
         result = run_generate(task, engine, output, model_name=str(engine.model.path), structured=structured,
                               batch_size=batch_size)
     records, drops = result.records, result.drops
+    guarded = task.sensitive if privacy is None else privacy
+    privacy_counts = {}
+    if guarded and records.height:
+        import polars as pl
+
+        from synth.privacy import PrivacyConfig, guard, seed_texts
+
+        with console.status("privacy guard: PII scan and seed-copy check"):
+            checked = guard(records, seed_texts(task), PrivacyConfig(pii_action=pii_action))
+        records, drops = checked.kept, pl.concat([drops, checked.drops])
+        privacy_counts = checked.counts
     write_records(records, output)
     manifest.add_output(output, rows=records.height)
     write_drops(drops, output)
-    manifest.counts = {"planned": task.n, "out": records.height, "unparsable": drops.height}
-    manifest.parameters["usage"] = result.usage
+    manifest.counts = {"planned": task.n, "out": records.height,
+                       "unparsable": int((drops["reason"] == "unparsable").sum()),
+                       "privacy_dropped": int(drops["reason"].str.starts_with("pii:").sum() + (drops["reason"] == "seed_copy").sum())}
+    manifest.parameters.update(usage=result.usage, privacy_guard=guarded, privacy=privacy_counts)
     manifest.write(output)
     journal_path(output).unlink(missing_ok=True)
     console.print(f"[green]wrote[/] {records.height} of {task.n} samples to {output} "
-                  f"({result.usage['resumed']} resumed, {drops.height} unparsable)")
+                  f"({result.usage['resumed']} resumed, {manifest.counts['unparsable']} unparsable, "
+                  f"{manifest.counts['privacy_dropped']} dropped by the privacy guard{'' if guarded else ' (off)'})")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
