@@ -43,6 +43,16 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def sidecar(output: str | os.PathLike[str], kind: str) -> Path:
+    """A file that belongs to `output`: `data.clean.parquet` -> `data.clean.<kind>`.
+
+    Only the last suffix is replaced, so `train.parquet` and `train.clean.parquet`
+    keep separate manifests, drops and journals.
+    """
+    output = Path(output)
+    return output.with_name(f"{output.stem}.{kind}")
+
+
 def write_text(dest: str | os.PathLike[str], text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(dest) as tmp:

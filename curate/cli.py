@@ -8,10 +8,10 @@ import click
 import polars as pl
 
 from curate import __version__
+from curate.atomic import sidecar
 from curate.console import SmallsetGroup, console
-from curate.dedup import METHODS, DedupConfig, NearDedupConfig, SemanticDedupConfig, dedup as run_dedup
+from curate.dedup import METHODS
 from curate.dedup.clusters import KEEP_POLICIES
-from curate.decontaminate import DecontaminationConfig, decontaminate as run_decontaminate
 from curate.drops import write_drops
 from curate.errors import InputError
 from curate.explain import explain as explain_row
@@ -19,7 +19,6 @@ from curate.layouts import LAYOUTS, Mapping
 from curate.manifest import Manifest
 from curate.models import resolve_embedder, resolve_llm
 from curate.readers import read_records
-from curate.report import write_report
 from curate.select import SelectConfig, select as run_select
 from curate.text import FIELDS, parse_fields
 from curate.writers import write_records, write_rejects
@@ -69,10 +68,12 @@ def ingest(inputs: tuple[Path, ...], output: Path, layout: str | None, pairs: tu
     records = pl.concat(tables, how="diagonal_relaxed") if len(tables) > 1 else tables[0]
     write_records(records, output)
     manifest.add_output(output, rows=records.height)
+    rejects_path = sidecar(output, "rejects.jsonl")
     if rejects:
-        rejects_path = output.with_name(output.name.split(".")[0] + ".rejects.jsonl")
         write_rejects(rejects, rejects_path)
         manifest.add_output(rejects_path, rows=len(rejects))
+    else:
+        rejects_path.unlink(missing_ok=True)  # an older run's rejects would mislead
     manifest.counts = {"in": sum(i["rows"] for i in manifest.inputs), "out": records.height, "rejected": len(rejects)}
     manifest.write(output)
     console.print(f"[green]wrote[/] {records.height} records to {output}"
@@ -131,6 +132,8 @@ def dedup(input: Path, output: Path, methods: tuple[str, ...], fields: str, keep
     Example:
       curate dedup raw.parquet --method exact --method near --threshold 0.8 -o deduped.parquet
     """
+    from curate.dedup.pipeline import DedupConfig, NearDedupConfig, SemanticDedupConfig, dedup as run_dedup
+
     try:
         config = DedupConfig(
             methods=methods or ("exact", "near"), fields=parse_fields(fields), keep=keep, score_column=score_column,
@@ -173,6 +176,9 @@ def decontaminate(input: Path, against: tuple[Path, ...], output: Path, ngram: i
     Example:
       curate decontaminate train.parquet --against test.jsonl -o train.clean.parquet
     """
+    from curate.decontaminate import DecontaminationConfig, decontaminate as run_decontaminate
+    from curate.dedup.near import NearDedupConfig
+
     try:
         config = DecontaminationConfig(ngram=ngram, max_ngram_overlap=max_overlap, fields=parse_fields(fields),
                                        near=None if no_minhash else NearDedupConfig(threshold=threshold))
@@ -292,6 +298,8 @@ def report(dataset: Path, output: Path, title: str | None) -> None:
     Example:
       curate report selected.parquet -o report.html
     """
+    from curate.report import write_report
+
     with console.status("building the report"):
         write_report(dataset, output, title)
     console.print(f"[green]wrote[/] {output}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.atomic import atomic_path
+from curate.atomic import atomic_path, sidecar
 
 DROPS_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(),  # the dropped record
@@ -41,8 +41,7 @@ def empty_drops() -> pl.DataFrame:
 
 
 def drops_path(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name.split(".")[0] + ".drops.parquet")
+    return sidecar(output, "drops.parquet")
 
 
 def write_drops(drops: pl.DataFrame, output: str | Path) -> Path:

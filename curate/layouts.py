@@ -187,11 +187,20 @@ def _meta(raw: pl.DataFrame, used: set[str]) -> pl.Expr:
             inner = [f.name for f in dtype.fields]
             parts = [pl.col(c).alias(f"input_{c}") if c in inner else pl.col(c) for c in extras]
             parts += [pl.col("meta").struct.field(name) for name in inner]
-        elif not (dtype == pl.String and not extras):
-            parts.append(pl.col("meta"))
+        elif not (dtype == pl.String and not extras and _holds_json_objects(raw["meta"])):
+            parts.append(pl.col("meta"))  # plain text (or a value of any other type): kept under its name
         else:
             return pl.col("meta").fill_null("{}")
     return pl.struct(parts).struct.json_encode() if parts else pl.lit("{}")
+
+
+def _holds_json_objects(values: pl.Series) -> bool:
+    """True when every value of a text column is a JSON object (as smallset's `meta` is)."""
+    try:
+        values.str.json_decode(pl.Struct({}))  # validates JSON objects without inferring their keys
+    except pl.exceptions.ComputeError:
+        return False
+    return True
 
 
 def _problems(out: pl.DataFrame, missing: pl.DataFrame | None) -> pl.DataFrame:

@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from curate.atomic import write_text
+from curate.atomic import sidecar, write_text
 
 # Packages whose versions change results; recorded in every manifest.
 TRACKED_PACKAGES = (
@@ -27,8 +27,7 @@ TRACKED_PACKAGES = (
 
 
 def manifest_path(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name.split(".")[0] + ".manifest.json")
+    return sidecar(output, "manifest.json")
 
 
 def content_hash(path: str | Path) -> str:

@@ -10,6 +10,7 @@ With `on_error="fail"` (the default) the first bad row raises `InputError`. With
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from collections.abc import Callable
@@ -95,7 +96,9 @@ def read_records(
         raise InputError(path, "the file is empty")
     reader = _READERS[fmt]
     raw = reader(path, on_error, split) if fmt == "hf" else reader(path, on_error)
-    if raw.table.height == 0 and not raw.rejects:
+    if raw.table.height == 0:
+        if raw.rejects:  # every row was rejected before it could be read
+            raise _no_valid_records(path, raw.rejects)
         raise InputError(path, "the file holds no records")
     recs, problems = to_records(raw.table, mapping or Mapping(), source=source or _source_name(path), path=path)
     bad = problems["reason"].is_not_null()
@@ -109,10 +112,15 @@ def read_records(
             Reject(str(path), raw.locate(r["i"]), r["field"], r["reason"]) for r in bad_rows.iter_rows(named=True)
         ]
         recs = recs.filter(~bad)
+        rejects.sort(key=lambda r: r.line or 0)  # in file order, whichever check caught them
     rows_in = raw.table.height + len(raw.rejects)
     if recs.height == 0:
-        raise InputError(path, f"no valid records ({len(rejects)} rejected; first: {rejects[0].reason if rejects else '-'})")
+        raise _no_valid_records(path, rejects)
     return ReadResult(recs, rejects, rows_in)
+
+
+def _no_valid_records(path: Path, rejects: list[Reject]) -> InputError:
+    return InputError(path, f"no valid records ({len(rejects)} rejected; first: {rejects[0].reason if rejects else '-'})")
 
 
 def _source_name(path: Path) -> str:
@@ -239,24 +247,56 @@ def _read_csv(path: Path, on_error: OnError, separator: str = ",") -> _Raw:
         table = pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False)
     except Exception as exc:
         raise InputError(path, f"malformed CSV: {exc}") from None
-    return _Raw(table, lambda i: i + 2, "line", [])
+    return _Raw(_without_blank_rows(table), _lazy_csv_line_index(path, separator), "line", [])
+
+
+def _without_blank_rows(table: pl.DataFrame) -> pl.DataFrame:
+    """Drop rows with no value at all: blank lines, which polars reads as rows of nulls."""
+    return table.filter(~pl.all_horizontal(pl.all().fill_null("") == "")) if table.width else table
+
+
+def _csv_record_lines(fh, separator: str) -> list[int]:
+    """The line each record starts on, after the header.
+
+    Quoted cells may span lines; rows with no value are skipped, as `_without_blank_rows` skips them.
+    """
+    reader = csv.reader(fh, delimiter=separator)
+    starts, start = [], 1
+    for n, row in enumerate(reader):
+        if n and any(row):  # n == 0: the header
+            starts.append(start)
+        start = reader.line_num + 1
+    return starts
+
+
+def _lazy_csv_line_index(path: Path, separator: str) -> Callable[[int], int]:
+    """Row index -> the line its record starts on; computed only when asked."""
+    cache: list[int] = []
+
+    def locate(i: int) -> int:
+        if not cache:
+            with open(path, encoding="utf-8", newline="") as fh:
+                cache.extend(_csv_record_lines(fh, separator))
+        return cache[i]
+
+    return locate
 
 
 def _read_csv_skipping_bad_utf8(path: Path, data: bytes, separator: str) -> _Raw:
     """Drop lines that are not UTF-8, then read the rest (line numbers kept)."""
-    lines = data.split(b"\n")
-    keep, numbers, rejects = [lines[0]], [], []
-    for n, raw in enumerate(lines[1:], 2):
+    keep, numbers, rejects = [], [], []
+    for n, raw in enumerate(data.split(b"\n"), 1):
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             rejects.append(Reject(str(path), n, None, f"invalid UTF-8 at byte {exc.start} of the line"))
             continue
-        if raw.strip():
-            keep.append(raw)
-            numbers.append(n)
-    table = pl.read_csv(io.BytesIO(b"\n".join(keep)), separator=separator, infer_schema=False)
-    return _Raw(table, lambda i: numbers[i], "line", rejects)
+        keep.append(raw)
+        numbers.append(n)
+    text = b"\n".join(keep)
+    table = _without_blank_rows(pl.read_csv(io.BytesIO(text), separator=separator, infer_schema=False))
+    starts = _csv_record_lines(io.StringIO(text.decode("utf-8"), newline=""), separator)
+    return _Raw(table, lambda i: numbers[starts[i] - 1], "line", rejects)
 
 
 def _read_tsv(path: Path, on_error: OnError) -> _Raw:

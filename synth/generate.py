@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import polars as pl
 from tqdm import tqdm
 
-from curate.drops import make_drops, empty_drops
+from curate.atomic import sidecar
+from curate.drops import empty_drops, make_drops
 from curate.records import CORE_SCHEMA, order_columns, with_ids
 from synth.coverage import plan
 from synth.journal import Journal
@@ -61,8 +62,7 @@ def plan_samples(task: TaskSpec, seed: int) -> list[Planned]:
 
 
 def journal_path(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name.split(".")[0] + ".partial.jsonl")
+    return sidecar(output, "partial.jsonl")
 
 
 def generate(task: TaskSpec, teacher: Teacher, output: str | Path, *, model_name: str, structured: bool = True,

@@ -1,132 +1,18 @@
 """Dedup: exact, near (MinHash LSH) and semantic (embeddings) duplicates, alone or chained.
 
-Each method runs on the rows the previous one kept. Within each duplicate
-cluster one row is kept by the keep policy; every other row goes to the drops
-table with the row it duplicates, the method and the similarity.
+One module per method (`exact`, `near`, `semantic`), `clusters` for keeping one row
+per duplicate cluster, and `pipeline` that chains them. The heavy parts (datasketch,
+scipy, sentence-transformers) load on first use, so that CLIs start fast.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass, field
-
-import numpy as np
-import polars as pl
-
-from curate.dedup.clusters import KEEP_POLICIES, KeepPolicy, cluster, keep_rank
-from curate.dedup.exact import exact_pairs
-from curate.dedup.near import NearDedupConfig, near_duplicate_pairs
-from curate.dedup.semantic import SemanticDedupConfig, embed, semantic_pairs
-from curate.drops import empty_drops, make_drops
-from curate.text import DEFAULT_FIELDS, field_text, match_text
-
 METHODS = ("exact", "near", "semantic")
-CLUSTER_SIZE_COLUMN = "dedup_cluster_size"
 
-__all__ = ["DedupConfig", "DedupResult", "METHODS", "NearDedupConfig", "SemanticDedupConfig", "dedup"]
-
-
-@dataclass
-class DedupConfig:
-    """What `curate dedup` does."""
-
-    methods: tuple[str, ...] = ("exact", "near")
-    """Methods, in the order they run. Semantic dedup is opt-in: it loads an embedding model."""
-    fields: tuple[str, ...] = DEFAULT_FIELDS
-    """What is compared: message contents by role, and the label."""
-    keep: KeepPolicy = "first"
-    """Which row of a cluster survives: the first seen, the longest, or the highest `score_column`."""
-    score_column: str | None = None
-    near: NearDedupConfig = field(default_factory=NearDedupConfig)
-    semantic: SemanticDedupConfig = field(default_factory=SemanticDedupConfig)
-
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ValueError(f"unknown dedup method(s) {unknown or list(self.methods)}; choose from {', '.join(METHODS)}")
-        if self.keep not in KEEP_POLICIES:
-            raise ValueError(f"unknown keep policy '{self.keep}'; choose from {', '.join(KEEP_POLICIES)}")
+_PIPELINE = {"DedupConfig", "DedupResult", "NearDedupConfig", "SemanticDedupConfig", "dedup", "CLUSTER_SIZE_COLUMN"}
 
 
-@dataclass
-class DedupResult:
-    kept: pl.DataFrame
-    drops: pl.DataFrame
-    counts: dict[str, int]
+def __getattr__(name: str):
+    if name in _PIPELINE:
+        from curate.dedup import pipeline
 
-
-def dedup(df: pl.DataFrame, config: DedupConfig | None = None, *, progress: bool = True) -> DedupResult:
-    """Remove duplicates; `kept` gains a `dedup_cluster_size` column (1 + rows it stands for)."""
-    config = config or DedupConfig()
-    if df.height == 0:
-        raise ValueError("the dataset is empty: nothing to dedup")
-    empty_rows = df.select(field_text(config.fields).str.len_chars() == 0).to_series().arg_true()
-    if len(empty_rows):
-        shown = ", ".join(f"row {i + 1} (id {df['id'][i]})" for i in empty_rows[:5].to_list())
-        raise ValueError(f"{len(empty_rows)} row(s) have no text in fields {', '.join(config.fields)}: {shown}")
-    current = df.with_columns(pl.lit(1, dtype=pl.Int64).alias(CLUSTER_SIZE_COLUMN)) if CLUSTER_SIZE_COLUMN not in df.columns else df
-    all_drops, counts = [empty_drops()], {}
-    for method in config.methods:
-        pairs, similarity = _PAIR_FINDERS[method](current, config, progress)
-        found = cluster(current.height, pairs, keep_rank(current, config.keep, config.score_column))
-        dropped = found.dropped
-        keepers = found.keeper[dropped]
-        counts[method] = len(dropped)
-        if len(dropped) == 0:
-            continue
-        ids = current["id"]
-        sims = similarity(dropped, keepers)
-        sizes = found.sizes()[dropped]
-        all_drops.append(
-            make_drops(
-                id=ids.gather(dropped),
-                step="dedup",
-                reason=f"{method}_duplicate",
-                duplicate_of=ids.gather(keepers),
-                similarity=pl.Series(sims, dtype=pl.Float64),
-                detail=[f"{method} duplicate (cluster of {s}), kept row {int(k)}" for s, k in zip(sizes, keepers)],
-            )
-        )
-        # The keeper now stands for everything its cluster held.
-        stood_for = np.bincount(keepers, weights=current[CLUSTER_SIZE_COLUMN].to_numpy()[dropped], minlength=current.height)
-        keep_mask = np.ones(current.height, dtype=bool)
-        keep_mask[dropped] = False
-        current = current.with_columns(
-            (pl.col(CLUSTER_SIZE_COLUMN) + pl.Series(stood_for.astype(np.int64))).alias(CLUSTER_SIZE_COLUMN)
-        ).filter(pl.Series(keep_mask))
-    return DedupResult(current, pl.concat(all_drops), counts)
-
-
-def _texts(df: pl.DataFrame, config: DedupConfig) -> pl.Series:
-    return df.select(match_text(config.fields)).to_series()
-
-
-def _exact(df: pl.DataFrame, config: DedupConfig, progress: bool):
-    return exact_pairs(_texts(df, config)), lambda a, b: np.ones(len(a))
-
-
-def _near(df: pl.DataFrame, config: DedupConfig, progress: bool):
-    texts = _texts(df, config).to_list()
-    found = near_duplicate_pairs(texts, config.near)
-    known = {(min(i, j), max(i, j)): s for i, j, s in found}
-    pairs = np.array([(i, j) for i, j, _ in found], dtype=np.int64).reshape(-1, 2)
-
-    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        from curate.dedup.near import shingle_jaccard
-
-        # A row may join its keeper through a chain; then measure it against the keeper directly.
-        return np.array([
-            known.get((min(i, j), max(i, j))) or shingle_jaccard(texts[i], texts[j], config.near)
-            for i, j in zip(a.tolist(), b.tolist())
-        ])
-
-    return pairs, similarity
-
-
-def _semantic(df: pl.DataFrame, config: DedupConfig, progress: bool):
-    texts = df.select(field_text(config.fields)).to_series().to_list()
-    vectors = embed(texts, config.semantic.model, config.semantic.batch_size, progress=progress)
-    pairs, _ = semantic_pairs(vectors, config.semantic)
-    return pairs, lambda a, b: np.einsum("ij,ij->i", vectors[a], vectors[b]).astype(np.float64)
-
-
-_PAIR_FINDERS = {"exact": _exact, "near": _near, "semantic": _semantic}
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'curate.dedup' has no attribute {name!r}")

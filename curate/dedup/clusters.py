@@ -11,8 +11,6 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 KeepPolicy = Literal["first", "longest", "score"]
 KEEP_POLICIES = ("first", "longest", "score")
@@ -40,6 +38,9 @@ def cluster(n: int, pairs: np.ndarray, rank: np.ndarray) -> Clusters:
     `pairs` is an (k, 2) integer array of row indices; `rank` a float per row (ties
     go to the earlier row).
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, label = connected_components(graph, directed=False)

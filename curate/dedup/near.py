@@ -94,6 +94,7 @@ class NearDedupConfig:
         fp, fn = self.lsh_weights
         if not (0 <= fp <= 1 and 0 <= fn <= 1 and math.isclose(fp + fn, 1.0)):
             raise ValueError(f"lsh_weights must be two numbers in [0, 1] summing to 1, got {self.lsh_weights!r}")
+        self.lsh_weights = (float(fp), float(fn))
 
 
 # --------------------------------------------------------------------------------------
@@ -189,7 +190,9 @@ def _is_ascii_space(buf: np.ndarray) -> np.ndarray:
     high = np.subtract(buf, 28, dtype=np.uint8) < 5
     return low | high
 
-# P**i and P**-i mod 2**64 for the byte positions of a chunk; grown on demand, per process.
+
+# P**i and P**-i mod 2**64 for the byte positions of a chunk; grown on demand, per
+# process, to 16 bytes per byte of the largest chunk (a chunk is ~1 MB, or one text).
 _powers: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
 
 
@@ -300,7 +303,7 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a.astype(np.uint32)[:, None], b.astype(np.uint32)[:, None]
 
 
-_BLOCK_SHINGLES = 4096  # a (num_perm x block) uint32 temporary stays in L2 cache
+_BLOCK_SHINGLES = 4096  # shingles per numpy call; measured fastest (smaller: call overhead, larger: cache)
 
 
 def _minhash(fps: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
@@ -339,26 +342,18 @@ def _minhash(fps: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int) -> 
 # Work split across processes
 # --------------------------------------------------------------------------------------
 
-# Worker state: the config and, under "fork", the shared signature matrix that
-# `_sign_task` writes into (under "spawn" it returns its block instead).
 _worker_config: NearDedupConfig | None = None
-_worker_sig: np.ndarray | None = None
 
 
-def _init_worker(config: NearDedupConfig | None, sig: np.ndarray | None = None) -> None:
-    global _worker_config, _worker_sig
-    _worker_config, _worker_sig = config, sig
+def _init_worker(config: NearDedupConfig | None) -> None:
+    global _worker_config
+    _worker_config = config
 
 
-def _sign_task(task: tuple[int, int, list[str]]) -> np.ndarray | None:
-    start, end, texts = task
+def _sign_task(texts: list[str]) -> np.ndarray:
     config = _worker_config
     fps, offsets = _fingerprints(texts, config)
-    sig = _minhash(fps, offsets, config.num_perm, config.seed)
-    if _worker_sig is not None:
-        _worker_sig[:, start:end] = sig
-        return None
-    return sig
+    return _minhash(fps, offsets, config.num_perm, config.seed)
 
 
 def _verify_task(task: tuple[list[str], np.ndarray]) -> np.ndarray:
@@ -410,87 +405,100 @@ def _pair_jaccard(fps: np.ndarray, counts: np.ndarray, pairs: np.ndarray) -> np.
 
 
 _CHUNK_BYTES = 1 << 20  # text per task: big enough to amortize numpy calls, small enough to balance
-# Below these sizes one process beats starting workers: forked ones start in ~0.05 s,
-# spawned ones import numpy and datasketch again (~1 s).
-_POOL_MIN_BYTES = {"fork": 8 << 20, "spawn": 128 << 20}
+# When a pool pays for itself (measured on word shingles): one process hashes ~35 MB of
+# text a second, a pool of w workers ~0.7 w times that on free cores, and starting one
+# takes ~1-2 s (the fork server imports numpy and datasketch; each worker re-imports the
+# program's main module, e.g. the CLI).
+_INLINE_BYTES_PER_S = 35e6
+_POOL_EFFICIENCY = 0.7
+_POOL_START_S = 2.0
 
 
-def _chunks(texts: Sequence[str], budget: int | None = None) -> Iterator[tuple[int, int]]:
+def _chunks(texts: Sequence[str], budget: int | None = None) -> list[tuple[int, int]]:
     budget = budget or _CHUNK_BYTES
-    start, size = 0, 0
+    bounds, start, size = [], 0, 0
     for k, t in enumerate(texts):
         size += len(t) + 1
         if size >= budget:
-            yield start, k + 1
+            bounds.append((start, k + 1))
             start, size = k + 1, 0
     if start < len(texts):
-        yield start, len(texts)
+        bounds.append((start, len(texts)))
+    return bounds
 
 
 def _start_method() -> str:
-    import sys
+    import multiprocessing
 
-    return "fork" if sys.platform.startswith("linux") else "spawn"
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class _Runner:
     """Maps tasks inline or over a process pool, with the same task functions.
 
-    Tasks carry their texts (pickled): forked workers could read the parent's list
-    for free, but every read bumps a refcount and makes the page private, so the
-    workers would end up copying all the texts. On Linux the pool is forked (starts
-    in ~0.05 s; safe although the parent may run threads, e.g. polars or BLAS,
-    because workers only run numpy and take no lock those threads hold), and
-    workers write signatures straight into shared memory. Elsewhere (macOS,
-    Windows: fork unsafe or missing) it is spawned and tasks return their block.
+    The pool is started with "forkserver" (POSIX) or "spawn", not "fork": forked
+    workers would share the caller's pages, and every text the parent then touches
+    (pickling bumps refcounts) would be copied while the children keep the old page,
+    doubling the memory held by the texts; forking a process that runs threads
+    (polars, BLAS) is also unsafe in general. The fork server imports this module
+    once (~1 s, once per program) and forks workers from that small single-threaded
+    process. Tasks carry their texts and return their results. If the workers cannot
+    start (a main module they cannot import, e.g. a script read from stdin), the
+    pool breaks instead of hanging, and the rest runs in this process.
     """
 
     def __init__(self, config: NearDedupConfig, texts: Sequence[str]) -> None:
-        import multiprocessing
-
         self.texts = texts
         self.pool = None
         self.workers = 1
-        self.sig = None  # (num_perm, n) signatures
         workers = config.workers or os.cpu_count() or 1
-        method = _start_method()
-        if workers > 1 and sum(map(len, texts)) >= _POOL_MIN_BYTES[method]:
-            sig = None
-            if method == "fork":
-                import mmap
+        inline_s = sum(map(len, texts)) / _INLINE_BYTES_PER_S
+        speedup = max(1.0, _POOL_EFFICIENCY * workers)
+        if workers > 1 and inline_s * (1 - 1 / speedup) > _POOL_START_S:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-                count = config.num_perm * len(texts)
-                shared = mmap.mmap(-1, max(4 * count, 1))  # anonymous MAP_SHARED, kept alive by the array
-                sig = self.sig = np.frombuffer(shared, dtype=np.uint32, count=count).reshape(config.num_perm, len(texts))
+            method = _start_method()
             ctx = multiprocessing.get_context(method)
-            self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config, sig))
+            if method == "forkserver":
+                ctx.set_forkserver_preload([__name__])  # no effect if the server already runs
+            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(config,))
             self.workers = workers
-        if self.sig is None:
-            self.sig = np.empty((config.num_perm, len(texts)), dtype=np.uint32)
         _init_worker(config)
 
-    def map(self, fn, tasks):
-        if self.pool is None:
-            return map(fn, tasks)
-        return self.pool.imap(fn, tasks)
+    def map(self, fn, tasks: list) -> Iterator:
+        """`fn` over `tasks`, results in order, streamed."""
+        done = 0
+        if self.pool is not None:
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                for result in self.pool.map(fn, tasks):
+                    yield result
+                    done += 1
+                return
+            except BrokenProcessPool as err:
+                import warnings
+
+                warnings.warn(f"near-duplicate worker processes failed ({err}); continuing in one process", stacklevel=2)
+                self.close()
+        for task in tasks[done:]:
+            yield fn(task)
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
-        _init_worker(None)
 
 
-def _signatures(runner: _Runner) -> np.ndarray:
-    """Fill `runner.sig` and return it."""
+def _signatures(config: NearDedupConfig, runner: _Runner) -> np.ndarray:
+    """(num_perm, n) uint32 signatures of `runner.texts`."""
     texts = runner.texts
-    tasks = ((s, e, list(texts[s:e])) for s, e in _chunks(texts))
-    bounds = list(_chunks(texts))
-    for (s, e), part in zip(bounds, runner.map(_sign_task, tasks)):
-        if part is not None:
-            runner.sig[:, s:e] = part
-    return runner.sig
+    sig = np.empty((config.num_perm, len(texts)), dtype=np.uint32)
+    bounds = _chunks(texts)
+    for (s, e), part in zip(bounds, runner.map(_sign_task, [list(texts[s:e]) for s, e in bounds])):
+        sig[:, s:e] = part
+    return sig
 
 
 def signatures(texts: Sequence[str], config: NearDedupConfig | None = None) -> np.ndarray:
@@ -500,7 +508,7 @@ def signatures(texts: Sequence[str], config: NearDedupConfig | None = None) -> n
     config = config or NearDedupConfig()
     runner = _Runner(config, texts)
     try:
-        return _signatures(runner).T.copy()
+        return _signatures(config, runner).T.copy()
     finally:
         runner.close()
 
@@ -525,7 +533,11 @@ def _band_candidates(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     bands can only add a candidate, which verification then rejects.
     """
     n = sig.shape[1]
-    empty = np.all(sig == np.iinfo(np.uint32).max, axis=0)  # no shingles: never a duplicate
+    empty = np.ones(n, dtype=bool)  # no shingles (every value still datasketch's empty value)
+    for row in sig:
+        empty &= row == np.iinfo(np.uint32).max
+        if not empty.any():
+            break
     live = np.flatnonzero(~empty)
     sub = sig if len(live) == n else sig[:, live]
     found = []
@@ -581,20 +593,19 @@ def _verify(pairs: np.ndarray, runner: _Runner) -> np.ndarray:
     (cheaper than keeping every shingle of every text in memory)."""
     per_task = min(20_000, max(2_000, -(-len(pairs) // (4 * runner.workers))))
 
-    def tasks():
-        for s in range(0, len(pairs), per_task):
-            involved, local = np.unique(pairs[s : s + per_task], return_inverse=True)
-            yield [runner.texts[k] for k in involved.tolist()], local.reshape(-1, 2).astype(np.int64)
-
-    results = list(runner.map(_verify_task, tasks()))
+    tasks = []
+    for s in range(0, len(pairs), per_task):
+        involved, local = np.unique(pairs[s : s + per_task], return_inverse=True)
+        tasks.append(([runner.texts[k] for k in involved.tolist()], local.reshape(-1, 2).astype(np.int64)))
+    results = list(runner.map(_verify_task, tasks))
     return np.concatenate(results) if results else np.empty(0, dtype=np.float64)
 
 
 def _pairs(texts: Sequence[str], config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
     runner = _Runner(config, texts)
     try:
-        sig = _signatures(runner)
-        bands, rows = lsh_params(float(config.threshold), config.num_perm, tuple(config.lsh_weights))
+        sig = _signatures(config, runner)
+        bands, rows = lsh_params(float(config.threshold), config.num_perm, config.lsh_weights)
         candidates = _band_candidates(sig, bands, rows)
         if config.verify:
             similarity = _verify(candidates, runner)

@@ -1,0 +1,797 @@
+"""An embedded search engine for argilla-server 2.8, registered as "smallset".
+
+Argilla's server keeps its records in SQL and answers listing, filtering,
+sorting, text and similarity search through a pluggable `SearchEngine`
+(Elasticsearch or OpenSearch upstream). Neither is installable here, so this
+module implements the same interface on a SQLite file: one JSON document per
+record (fields, metadata, status, responses, suggestions), vectors beside it,
+and queries answered in Python over a dataset's documents. That is plenty for
+the few thousand records a review round holds, and the file survives restarts.
+
+It runs inside the server's own virtualenv, so it imports only the standard
+library and `argilla_server`. Select it with `ARGILLA_SEARCH_ENGINE=smallset`
+in a process that imported this module first (see `launcher.py`). The index
+file is `$SMALLSET_SEARCH_INDEX`, else `search-index.sqlite3` in Argilla's
+home folder.
+
+What mirrors Elasticsearch's behaviour in Argilla (so that the web UI and the
+SDK see the same answers):
+
+* text search: `simple_query_string` semantics on the text of the record's
+  fields (all, or the one named): terms are AND-ed, `a | b` is OR, `-a`
+  excludes, `"a b"` is a phrase, `ab*` a prefix; case-insensitive word
+  tokens; BM25 scores;
+* filters: terms and ranges on record properties, metadata, suggestions and
+  responses (per user, including the UI's "pending" = no response by me);
+* sorting: any scope, missing values last; without a sort, by score, or in
+  insertion order; for a user's own view (`user_id`), in a random order that
+  is stable per user, as Argilla does to spread annotators over records;
+* metrics: terms counts and numeric min/max of metadata; dataset progress;
+* similarity search: cosine, score `(1 + cos) / 2`, most or least similar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import sqlite3
+import threading
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any, Iterable, List, Optional, Union
+from uuid import UUID
+
+from argilla_server.enums import (
+    MetadataPropertyType,
+    ResponseStatusFilter,
+    SimilarityOrder,
+    SortOrder,
+)
+from argilla_server.models import Dataset, MetadataProperty, Record, Response, Suggestion, User, VectorSettings
+from argilla_server.search_engine import (
+    AndFilter,
+    Filter,
+    FilterScope,
+    FloatMetadataMetrics,
+    IntegerMetadataMetrics,
+    MetadataFilterScope,
+    MetadataMetrics,
+    Order,
+    RangeFilter,
+    RecordFilterScope,
+    ResponseFilterScope,
+    SearchEngine,
+    SearchResponseItem,
+    SearchResponses,
+    SuggestionFilterScope,
+    TermsFilter,
+    TermsMetrics,
+    TextQuery,
+)
+
+ENGINE_NAME = "smallset"
+INDEX_ENV = "SMALLSET_SEARCH_INDEX"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id TEXT NOT NULL UNIQUE,
+    dataset_id TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_dataset ON records (dataset_id, seq);
+CREATE TABLE IF NOT EXISTS vectors (
+    record_id TEXT NOT NULL,
+    settings_id TEXT NOT NULL,
+    dataset_id TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (record_id, settings_id)
+);
+CREATE INDEX IF NOT EXISTS vectors_by_settings ON vectors (settings_id);
+CREATE TABLE IF NOT EXISTS versions (dataset_id TEXT PRIMARY KEY, version INTEGER NOT NULL);
+"""
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def index_path() -> str:
+    """Where the index lives: `$SMALLSET_SEARCH_INDEX`, else Argilla's home folder."""
+    if os.environ.get(INDEX_ENV):
+        return os.environ[INDEX_ENV]
+    from argilla_server.settings import settings
+
+    return os.path.join(settings.home_path, "search-index.sqlite3")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, UUID):
+        return str(value)
+    return str(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def _iso(value: datetime) -> str:
+    """Naive UTC ISO text (Argilla stores naive UTC), so that strings sort like times."""
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds")
+
+
+class _Store:
+    """One SQLite connection per process (the API server and the worker share the file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self.lock = threading.RLock()
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA busy_timeout = 30000")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        with self.transaction():
+            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                self.conn.execute(statement)
+            self.conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        # Parsed documents per dataset, reused while the dataset's version is unchanged.
+        self.cache: dict[str, tuple[int, list[dict]]] = {}
+
+    def transaction(self) -> "_Transaction":
+        return _Transaction(self)
+
+    def bump(self, dataset_ids: Iterable[str]) -> None:
+        for dataset_id in set(dataset_ids):
+            self.conn.execute(
+                "INSERT INTO versions (dataset_id, version) VALUES (?, 1) "
+                "ON CONFLICT (dataset_id) DO UPDATE SET version = version + 1",
+                (dataset_id,),
+            )
+
+    def version(self, dataset_id: str) -> int:
+        row = self.conn.execute("SELECT version FROM versions WHERE dataset_id = ?", (dataset_id,)).fetchone()
+        return row[0] if row else 0
+
+    def docs(self, dataset_id: str) -> list[dict]:
+        """All documents of a dataset in insertion order (parsed once per change)."""
+        with self.lock:
+            with self.transaction():
+                version = self.version(dataset_id)
+                cached = self.cache.get(dataset_id)
+                if cached is not None and cached[0] == version:
+                    return cached[1]
+                rows = self.conn.execute(
+                    "SELECT seq, doc FROM records WHERE dataset_id = ? ORDER BY seq", (dataset_id,)
+                ).fetchall()
+            docs = []
+            for seq, text in rows:
+                doc = json.loads(text)
+                doc["_seq"] = seq
+                docs.append(doc)
+            self.cache[dataset_id] = (version, docs)
+            return docs
+
+    def update_doc(self, record_id: str, change) -> None:
+        """Read-modify-write one document; `change(doc)` edits it in place."""
+        with self.lock, self.transaction():
+            row = self.conn.execute(
+                "SELECT dataset_id, doc FROM records WHERE record_id = ?", (record_id,)
+            ).fetchone()
+            if row is None:
+                return
+            dataset_id, text = row
+            doc = json.loads(text)
+            change(doc)
+            self.conn.execute("UPDATE records SET doc = ? WHERE record_id = ?", (_dumps(doc), record_id))
+            self.bump([dataset_id])
+
+
+class _Transaction:
+    def __init__(self, store: _Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store.conn.execute("BEGIN IMMEDIATE")
+        return self.store.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+_stores: dict[tuple[int, str], _Store] = {}
+_stores_lock = threading.Lock()
+
+
+def _store() -> _Store:
+    """This process's store (a fresh connection after a fork: rq runs jobs in forked children)."""
+    path = os.path.abspath(index_path())
+    key = (os.getpid(), path)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = _Store(path)
+        return store
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def _record_document(dataset: Dataset, record: Record) -> dict:
+    image_fields = {field.name for field in dataset.fields if field.is_image}
+    custom_fields = {field.name for field in dataset.fields if field.is_custom}
+    fields = {}
+    for name, value in (record.fields or {}).items():
+        if name in image_fields:
+            continue
+        fields[name] = str(value) if name in custom_fields and value is not None else value
+    return {
+        "id": str(record.id),
+        "external_id": record.external_id,
+        "status": record.status,
+        "inserted_at": record.inserted_at,
+        "updated_at": record.updated_at,
+        "fields": fields,
+        "metadata": dict(record.metadata_ or {}),
+        "responses": [_response_document(response) for response in (record.responses or [])],
+        "suggestions": {
+            suggestion.question.name: _suggestion_document(suggestion) for suggestion in (record.suggestions or [])
+        },
+    }
+
+
+def _response_document(response: Response) -> dict:
+    return {
+        "id": str(response.id),
+        "status": response.status,
+        "user_id": str(response.user_id),
+        "values": {question: (value or {}).get("value") for question, value in (response.values or {}).items()},
+    }
+
+
+def _suggestion_document(suggestion: Suggestion) -> dict:
+    return {"type": suggestion.type, "agent": suggestion.agent, "score": suggestion.score, "value": suggestion.value}
+
+
+# --------------------------------------------------------------------------- text search
+
+_TOKEN = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
+_BM25_K1, _BM25_B = 1.2, 0.75
+
+
+def _tokens(text: str) -> list[str]:
+    return [token.lower() for token in _TOKEN.findall(text)]
+
+
+def _field_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # chat: [{"role": ..., "content": ...}, ...]
+        return "\n".join(
+            str(item.get("content", "")) if isinstance(item, dict) else _field_text(item) for item in value
+        )
+    if isinstance(value, dict):
+        return "\n".join(_field_text(item) for item in value.values())
+    return str(value)
+
+
+@dataclasses.dataclass
+class _Term:
+    tokens: list[str]  # one token, or several for a phrase
+    prefix: bool = False
+    negated: bool = False
+
+
+def _parse_query(q: str) -> list[list[_Term]]:
+    """A subset of Elasticsearch's simple_query_string: OR-groups of AND-ed terms."""
+    groups: list[list[_Term]] = [[]]
+    for match in re.finditer(r'(?P<op>\|)|(?P<neg>[-+]?)(?:"(?P<phrase>[^"]*)"?|(?P<word>[^\s|"]+))', q):
+        if match.group("op"):
+            groups.append([])
+            continue
+        negated = match.group("neg") == "-"
+        raw = match.group("phrase") if match.group("phrase") is not None else match.group("word")
+        raw = raw.strip("()")
+        prefix = match.group("word") is not None and raw.endswith("*")
+        tokens = _tokens(raw)
+        if not tokens:
+            continue
+        groups[-1].append(_Term(tokens=tokens, prefix=prefix and len(tokens) == 1, negated=negated))
+    return [group for group in groups if group]
+
+
+class _TextIndex:
+    """Token lists of a dataset's documents for one field selection, with BM25 statistics."""
+
+    def __init__(self, docs: list[dict], field: Optional[str]) -> None:
+        self.tokens: dict[str, list[str]] = {}
+        document_frequency: Counter = Counter()
+        for doc in docs:
+            fields = doc.get("fields") or {}
+            values = [fields.get(field)] if field else list(fields.values())
+            tokens = _tokens("\n".join(_field_text(value) for value in values))
+            self.tokens[doc["id"]] = tokens
+            document_frequency.update(set(tokens))
+        self.count = max(len(docs), 1)
+        self.average_length = (sum(len(t) for t in self.tokens.values()) / self.count) or 1.0
+        self.document_frequency = document_frequency
+
+    def _idf(self, token: str) -> float:
+        df = self.document_frequency.get(token, 0)
+        return math.log(1 + (self.count - df + 0.5) / (df + 0.5))
+
+    def _matches(self, tokens: list[str], term: _Term) -> list[str]:
+        """The document tokens that satisfy a term (empty list: no match)."""
+        if term.prefix:
+            return [token for token in tokens if token.startswith(term.tokens[0])]
+        if len(term.tokens) == 1:
+            return [token for token in tokens if token == term.tokens[0]]
+        n = len(term.tokens)
+        hits = [i for i in range(len(tokens) - n + 1) if tokens[i : i + n] == term.tokens]
+        return [token for _ in hits for token in term.tokens]
+
+    def score(self, record_id: str, groups: list[list[_Term]]) -> Optional[float]:
+        """BM25 score of a document, or None when it does not match."""
+        tokens = self.tokens.get(record_id, [])
+        best: Optional[float] = None
+        for group in groups:
+            score, matched = 0.0, True
+            positives = 0
+            for term in group:
+                hits = self._matches(tokens, term)
+                if term.negated:
+                    if hits:
+                        matched = False
+                        break
+                    continue
+                positives += 1
+                if not hits:
+                    matched = False
+                    break
+                for token, tf in Counter(hits).items():
+                    norm = tf + _BM25_K1 * (1 - _BM25_B + _BM25_B * len(tokens) / self.average_length)
+                    score += self._idf(token) * tf * (_BM25_K1 + 1) / norm
+            if matched:
+                score = score if positives else 1.0
+                best = score if best is None else max(best, score)
+        return best
+
+
+# --------------------------------------------------------------------------- filters and sorting
+
+
+def _scalars(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [item for element in value for item in _scalars(element)]
+    if isinstance(value, dict):
+        return []
+    return [value]
+
+
+def _term(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def _as_time(value: Any) -> Optional[datetime]:
+    """A range bound on a date field: ISO text, or epoch milliseconds as Elasticsearch reads numbers."""
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value / 1000, tz=timezone.utc).replace(tzinfo=None)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+    return parsed
+
+
+_TIME_PROPERTIES = {"inserted_at", "updated_at"}
+
+
+def _in_range(values: list, filter: RangeFilter, is_time: bool) -> bool:
+    for value in values:
+        if is_time:
+            current = _as_time(value)
+            low = _as_time(filter.ge) if filter.ge is not None else None
+            high = _as_time(filter.le) if filter.le is not None else None
+        else:
+            current = _number(value)
+            low = _number(_maybe_float(filter.ge))
+            high = _number(_maybe_float(filter.le))
+        if current is None:
+            continue
+        if low is not None and current < low:
+            continue
+        if high is not None and current > high:
+            continue
+        return True
+    return False
+
+
+def _maybe_float(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return value
+
+
+def _user_responses(doc: dict, user: Optional[User]) -> list[dict]:
+    responses = doc.get("responses") or []
+    if user is None:
+        return responses
+    user_id = str(user.id)
+    return [response for response in responses if response.get("user_id") == user_id]
+
+
+def _scope_values(doc: dict, scope: FilterScope) -> list:
+    """The values a filter or sort compares, for one document."""
+    if isinstance(scope, MetadataFilterScope):
+        return _scalars((doc.get("metadata") or {}).get(scope.metadata_property))
+    if isinstance(scope, RecordFilterScope):
+        return _scalars(doc.get(str(scope.property)))
+    if isinstance(scope, SuggestionFilterScope):
+        suggestion = (doc.get("suggestions") or {}).get(scope.question) or {}
+        return _scalars(suggestion.get(str(scope.property or "value")))
+    if isinstance(scope, ResponseFilterScope):
+        responses = _user_responses(doc, scope.user)
+        if scope.question:
+            return [v for response in responses for v in _scalars((response.get("values") or {}).get(scope.question))]
+        return [response.get(scope.property or "status") for response in responses]
+    raise ValueError(f"Cannot process search scope {scope}")
+
+
+def _matches_filter(doc: dict, filter: Filter) -> bool:
+    if isinstance(filter, AndFilter):
+        return all(_matches_filter(doc, inner) for inner in filter.filters)
+    scope = filter.scope
+    if isinstance(scope, ResponseFilterScope) and not scope.question and isinstance(filter, TermsFilter):
+        return _matches_response_status(doc, filter)
+    values = _scope_values(doc, scope)
+    if isinstance(filter, TermsFilter):
+        wanted = {str(value) for value in filter.values}
+        return any(_term(value) in wanted for value in values)
+    if isinstance(filter, RangeFilter):
+        is_time = isinstance(scope, RecordFilterScope) and str(scope.property) in _TIME_PROPERTIES
+        return _in_range(values, filter, is_time)
+    raise ValueError(f"Cannot process filter {filter}")
+
+
+def _matches_response_status(doc: dict, filter: TermsFilter) -> bool:
+    """Response status, as the UI asks: "pending" means no response (by the user, when one is given)."""
+    responses = _user_responses(doc, filter.scope.user)
+    wanted = {str(value) for value in filter.values}
+    if ResponseStatusFilter.pending.value in wanted and not responses:
+        return True
+    return any(str(response.get("status")) in wanted for response in responses)
+
+
+def _sort_key(value: Any) -> tuple:
+    number = _number(value)
+    if number is not None:
+        return (0, number, "")
+    return (1, 0.0, _term(value))
+
+
+def _apply_sort(docs: list[dict], sort: List[Order]) -> list[dict]:
+    """Stable multi-key sort; like Elasticsearch, documents without a value go last in both orders."""
+    ordered = list(docs)
+    for order in reversed(sort):
+        descending = str(order.order) == SortOrder.desc.value
+        is_time = isinstance(order.scope, RecordFilterScope) and str(order.scope.property) in _TIME_PROPERTIES
+        keyed, missing = [], []
+        for doc in ordered:
+            values = _scope_values(doc, order.scope)
+            if not values:
+                missing.append(doc)
+                continue
+            keys = [(0, 0.0, str(v)) if is_time else _sort_key(v) for v in values]
+            if isinstance(order.scope, ResponseFilterScope) and all(k[0] == 0 for k in keys):
+                key = (0, sum(k[1] for k in keys) / len(keys), "")  # Argilla sorts responses by their mean
+            else:
+                key = max(keys) if descending else min(keys)
+            keyed.append((key, doc))
+        keyed.sort(key=lambda pair: pair[0], reverse=descending)
+        ordered = [doc for _, doc in keyed] + missing
+    return ordered
+
+
+def _user_random(user_id: Any, record_id: str) -> float:
+    """A per-user random number in (0, 1], stable across calls."""
+    digest = hashlib.sha256(f"{user_id}:{record_id}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") + 1) / 2**64
+
+
+def _text_query(query: Optional[Union[TextQuery, str]]) -> Optional[TextQuery]:
+    if query is None:
+        return None
+    return TextQuery(q=query) if isinstance(query, str) else query
+
+
+def _cosine(a: list[float], b: list[float]) -> Optional[float]:
+    if len(a) != len(b):
+        return None
+    dot = sum(x * y for x, y in zip(a, b))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else None
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+@SearchEngine.register(ENGINE_NAME)
+@dataclasses.dataclass
+class SmallsetSearchEngine(SearchEngine):
+    """Argilla's SearchEngine over a SQLite file. Instances are cheap: one per request."""
+
+    path: str = ""
+
+    @classmethod
+    async def new_instance(cls) -> "SmallsetSearchEngine":
+        return cls(path=index_path())
+
+    @property
+    def store(self) -> _Store:
+        return _store()
+
+    async def close(self):
+        pass
+
+    async def ping(self) -> bool:
+        try:
+            with self.store.lock:
+                self.store.conn.execute("SELECT 1").fetchone()
+            return True
+        except sqlite3.Error:
+            return False
+
+    async def info(self) -> dict:
+        return {"name": ENGINE_NAME, "distribution": "sqlite", "version": sqlite3.sqlite_version, "path": self.path}
+
+    # ----------------------------------------------------------------- index lifecycle
+
+    async def create_index(self, dataset: Dataset):
+        with self.store.lock, self.store.transaction():
+            self.store.bump([str(dataset.id)])
+
+    async def delete_index(self, dataset: Dataset):
+        dataset_id = str(dataset.id)
+        with self.store.lock, self.store.transaction() as conn:
+            conn.execute("DELETE FROM records WHERE dataset_id = ?", (dataset_id,))
+            conn.execute("DELETE FROM vectors WHERE dataset_id = ?", (dataset_id,))
+            self.store.bump([dataset_id])
+        self.store.cache.pop(dataset_id, None)
+
+    async def configure_metadata_property(self, dataset: Dataset, metadata_property: MetadataProperty):
+        pass  # documents keep all metadata; nothing to map
+
+    async def configure_index_vectors(self, vector_settings: VectorSettings):
+        pass
+
+    # ----------------------------------------------------------------- documents
+
+    async def index_records(self, dataset: Dataset, records: Iterable[Record]):
+        dataset_id = str(dataset.id)
+        rows, vector_rows, record_ids = [], [], []
+        for record in records:
+            record_id = str(record.id)
+            record_ids.append(record_id)
+            rows.append((record_id, dataset_id, _dumps(_record_document(dataset, record))))
+            for vector in record.vectors or []:
+                vector_rows.append((record_id, str(vector.vector_settings_id), dataset_id, _dumps(list(vector.value))))
+        if not rows:
+            return
+        with self.store.lock, self.store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO records (record_id, dataset_id, doc) VALUES (?, ?, ?) "
+                "ON CONFLICT (record_id) DO UPDATE SET doc = excluded.doc, dataset_id = excluded.dataset_id",
+                rows,
+            )
+            conn.executemany("DELETE FROM vectors WHERE record_id = ?", [(rid,) for rid in record_ids])
+            conn.executemany(
+                "INSERT INTO vectors (record_id, settings_id, dataset_id, value) VALUES (?, ?, ?, ?)", vector_rows
+            )
+            self.store.bump([dataset_id])
+
+    async def partial_record_update(self, record: Record, **update):
+        values = json.loads(_dumps(update))
+        self.store.update_doc(str(record.id), lambda doc: doc.update(values))
+
+    async def delete_records(self, dataset: Dataset, records: Iterable[Record]):
+        ids = [(str(record.id),) for record in records]
+        with self.store.lock, self.store.transaction() as conn:
+            conn.executemany("DELETE FROM records WHERE record_id = ?", ids)
+            conn.executemany("DELETE FROM vectors WHERE record_id = ?", ids)
+            self.store.bump([str(dataset.id)])
+
+    async def update_record_response(self, response: Response):
+        document = json.loads(_dumps(_response_document(response)))
+
+        def change(doc: dict) -> None:
+            others = [r for r in doc.get("responses") or [] if r.get("id") != document["id"]]
+            doc["responses"] = others + [document]
+
+        self.store.update_doc(str(response.record_id), change)
+
+    async def delete_record_response(self, response: Response):
+        response_id = str(response.id)
+
+        def change(doc: dict) -> None:
+            doc["responses"] = [r for r in doc.get("responses") or [] if r.get("id") != response_id]
+
+        self.store.update_doc(str(response.record_id), change)
+
+    async def update_record_suggestion(self, suggestion: Suggestion):
+        name = suggestion.question.name
+        document = json.loads(_dumps(_suggestion_document(suggestion)))
+        self.store.update_doc(
+            str(suggestion.record_id), lambda doc: doc.setdefault("suggestions", {}).__setitem__(name, document)
+        )
+
+    async def delete_record_suggestion(self, suggestion: Suggestion):
+        name = suggestion.question.name
+        self.store.update_doc(str(suggestion.record_id), lambda doc: (doc.get("suggestions") or {}).pop(name, None))
+
+    # ----------------------------------------------------------------- progress and metrics
+
+    async def get_dataset_progress(self, dataset: Dataset) -> dict:
+        if dataset.is_draft:
+            return {}
+        counts = Counter(str(doc.get("status")) for doc in self.store.docs(str(dataset.id)))
+        return {"total": sum(counts.values()), **counts}
+
+    async def get_dataset_user_progress(self, dataset: Dataset, user: User) -> dict:
+        if dataset.is_draft:
+            return {}
+        counts = Counter(
+            str(response.get("status"))
+            for doc in self.store.docs(str(dataset.id))
+            for response in _user_responses(doc, user)
+        )
+        return {"total": sum(counts.values()), **counts}
+
+    async def compute_metrics_for(self, metadata_property: MetadataProperty) -> MetadataMetrics:
+        docs = self.store.docs(str(metadata_property.dataset_id))
+        values = [v for doc in docs for v in _scalars((doc.get("metadata") or {}).get(metadata_property.name))]
+        if metadata_property.type == MetadataPropertyType.terms:
+            documents_per_term: Counter = Counter()
+            for doc in docs:
+                documents_per_term.update({_term(v) for v in _scalars((doc.get("metadata") or {}).get(metadata_property.name))})
+            buckets = sorted(documents_per_term.items(), key=lambda item: (-item[1], item[0]))
+            return TermsMetrics(
+                total=len(values), values=[TermsMetrics.TermCount(term=term, count=count) for term, count in buckets]
+            )
+        numbers = [n for n in (_number(v) for v in values) if n is not None]
+        if metadata_property.type == MetadataPropertyType.integer:
+            return IntegerMetadataMetrics(
+                min=int(min(numbers)) if numbers else None, max=int(max(numbers)) if numbers else None
+            )
+        return FloatMetadataMetrics(min=min(numbers) if numbers else None, max=max(numbers) if numbers else None)
+
+    # ----------------------------------------------------------------- search
+
+    def _select(
+        self, dataset: Dataset, query: Optional[Union[TextQuery, str]], filter: Optional[Filter]
+    ) -> list[tuple[dict, Optional[float]]]:
+        """Documents that pass the filter and the text query, in insertion order, with text scores."""
+        docs = self.store.docs(str(dataset.id))
+        if filter is not None:
+            docs = [doc for doc in docs if _matches_filter(doc, filter)]
+        text = _text_query(query)
+        if text is None:
+            return [(doc, None) for doc in docs]
+        groups = _parse_query(text.q)
+        if not groups:
+            return []
+        index = _TextIndex(self.store.docs(str(dataset.id)), text.field)
+        scored = []
+        for doc in docs:
+            score = index.score(doc["id"], groups)
+            if score is not None:
+                scored.append((doc, score))
+        return scored
+
+    async def search(
+        self,
+        dataset: Dataset,
+        query: Optional[Union[TextQuery, str]] = None,
+        filter: Optional[Filter] = None,
+        sort: Optional[List[Order]] = None,
+        offset: int = 0,
+        limit: int = 100,
+        user_id: Optional[str] = None,
+    ) -> SearchResponses:
+        selected = self._select(dataset, query, filter)
+        scores = {doc["id"]: 1.0 if score is None else score for doc, score in selected}
+        if user_id is not None:
+            scores = {record_id: score * _user_random(user_id, record_id) for record_id, score in scores.items()}
+        docs = [doc for doc, _ in selected]
+        docs.sort(key=lambda doc: (doc.get("inserted_at") or "", doc["_seq"]))
+        if sort:
+            docs = _apply_sort(docs, sort)
+        elif query is not None or user_id is not None:
+            docs.sort(key=lambda doc: -scores[doc["id"]])
+        page = docs[offset : offset + limit]
+        return SearchResponses(
+            items=[
+                SearchResponseItem(record_id=UUID(doc["id"]), score=None if sort else scores[doc["id"]])
+                for doc in page
+            ],
+            total=len(docs),
+        )
+
+    async def similarity_search(
+        self,
+        dataset: Dataset,
+        vector_settings: VectorSettings,
+        value: Optional[List[float]] = None,
+        record: Optional[Record] = None,
+        query: Optional[Union[TextQuery, str]] = None,
+        filter: Optional[Filter] = None,
+        max_results: int = 100,
+        order: SimilarityOrder = SimilarityOrder.most_similar,
+        threshold: Optional[float] = None,
+    ) -> SearchResponses:
+        if bool(value) == bool(record):
+            raise ValueError("Must provide either vector value or record to compute the similarity search")
+        settings_id = str(vector_settings.id)
+        excluded = None
+        if not value:
+            excluded = str(record.id)
+            with self.store.lock:
+                row = self.store.conn.execute(
+                    "SELECT value FROM vectors WHERE record_id = ? AND settings_id = ?", (excluded, settings_id)
+                ).fetchone()
+            value = json.loads(row[0]) if row else record.vector_value_by_vector_settings(vector_settings)
+        if not value:
+            raise ValueError("Cannot find a vector value to apply with provided info")
+        sign = -1.0 if order == SimilarityOrder.least_similar else 1.0
+
+        candidates = {doc["id"] for doc, _ in self._select(dataset, query, filter)}
+        with self.store.lock:
+            rows = self.store.conn.execute(
+                "SELECT record_id, value FROM vectors WHERE settings_id = ?", (settings_id,)
+            ).fetchall()
+        hits = []
+        for record_id, text in rows:
+            if record_id == excluded or record_id not in candidates:
+                continue
+            cosine = _cosine(value, json.loads(text))
+            if cosine is None:
+                continue
+            score = (1 + sign * cosine) / 2
+            if threshold is None or score >= threshold:
+                hits.append((score, record_id))
+        hits.sort(key=lambda hit: -hit[0])
+        hits = hits[:max_results]
+        return SearchResponses(
+            items=[SearchResponseItem(record_id=UUID(record_id), score=score) for score, record_id in hits],
+            total=len(hits),
+        )
