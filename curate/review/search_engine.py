@@ -149,9 +149,11 @@ class _Store:
             )
         # Parsed documents per dataset, reused while the dataset's version is unchanged.
         self.cache: dict[str, tuple[int, list[dict]]] = {}
+        self.text_indexes: dict[tuple[str, Optional[str]], tuple[int, _TextIndex]] = {}
 
-    def transaction(self) -> "_Transaction":
-        return _Transaction(self)
+    def transaction(self, immediate: bool = True) -> "_Transaction":
+        """Writes take the write lock up front; reads (immediate=False) see one snapshot."""
+        return _Transaction(self, immediate)
 
     def bump(self, dataset_ids: Iterable[str]) -> None:
         for dataset_id in set(dataset_ids):
@@ -166,13 +168,16 @@ class _Store:
         return row[0] if row else 0
 
     def docs(self, dataset_id: str) -> list[dict]:
-        """All documents of a dataset in insertion order (parsed once per change)."""
+        """All documents of a dataset in insertion order (parsed once per change; do not modify)."""
+        return self._snapshot(dataset_id)[1]
+
+    def _snapshot(self, dataset_id: str) -> tuple[int, list[dict]]:
         with self.lock:
-            with self.transaction():
+            with self.transaction(immediate=False):
                 version = self.version(dataset_id)
                 cached = self.cache.get(dataset_id)
                 if cached is not None and cached[0] == version:
-                    return cached[1]
+                    return cached
                 rows = self.conn.execute(
                     "SELECT seq, doc FROM records WHERE dataset_id = ? ORDER BY seq", (dataset_id,)
                 ).fetchall()
@@ -182,7 +187,17 @@ class _Store:
                 doc["_seq"] = seq
                 docs.append(doc)
             self.cache[dataset_id] = (version, docs)
-            return docs
+            self.text_indexes = {k: v for k, v in self.text_indexes.items() if k[0] != dataset_id}
+            return version, docs
+
+    def text_index(self, dataset_id: str, field: Optional[str]) -> "_TextIndex":
+        """Token lists and statistics for text search, rebuilt only when the dataset changes."""
+        version, docs = self._snapshot(dataset_id)
+        with self.lock:
+            cached = self.text_indexes.get((dataset_id, field))
+            if cached is None or cached[0] != version:
+                cached = self.text_indexes[(dataset_id, field)] = (version, _TextIndex(docs, field))
+            return cached[1]
 
     def update_doc(self, record_id: str, change) -> None:
         """Read-modify-write one document; `change(doc)` edits it in place."""
@@ -200,11 +215,11 @@ class _Store:
 
 
 class _Transaction:
-    def __init__(self, store: _Store) -> None:
-        self.store = store
+    def __init__(self, store: _Store, immediate: bool) -> None:
+        self.store, self.immediate = store, immediate
 
     def __enter__(self) -> sqlite3.Connection:
-        self.store.conn.execute("BEGIN IMMEDIATE")
+        self.store.conn.execute("BEGIN IMMEDIATE" if self.immediate else "BEGIN")
         return self.store.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -710,7 +725,7 @@ class SmallsetSearchEngine(SearchEngine):
         groups = _parse_query(text.q)
         if not groups:
             return []
-        index = _TextIndex(self.store.docs(str(dataset.id)), text.field)
+        index = self.store.text_index(str(dataset.id), text.field)
         scored = []
         for doc in docs:
             score = index.score(doc["id"], groups)

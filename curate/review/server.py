@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import secrets
@@ -111,6 +112,10 @@ class Workspace:
     def pid_file(self) -> Path:
         return self.root / "server.json"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "server.lock"
+
     def create(self) -> None:
         """Make the folders; the data folders are private (Argilla keeps API keys in clear)."""
         for folder in (self.root, self.argilla_home, self.redis_dir, self.logs):
@@ -126,12 +131,26 @@ class Workspace:
             return None
 
     def running(self) -> dict | None:
-        """What server.json says, when it names a live server."""
+        """What server.json says, when a live server holds the workspace lock."""
         try:
             info = json.loads(self.pid_file.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        return info if _alive(info.get("pid")) else None
+        return info if self.locked() else None
+
+    def locked(self) -> bool:
+        """Whether a server (in any process, this one included) holds the workspace lock."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the probe's lock
+        return False
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -300,6 +319,7 @@ class ReviewServer:
     redis_port: int | None = field(default=None, init=False)
     _redis_password: str = field(default="", init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _workspace_lock: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.ws = Workspace(Path(self.workspace).absolute())
@@ -324,8 +344,8 @@ class ReviewServer:
     # ----------------------------------------------------------------- start
 
     def start(self) -> Deployment:
-        if self.host not in ("127.0.0.1", "localhost", "::1"):
-            raise ReviewServerError(f"the review server listens on this machine only (127.0.0.1), not on {self.host}")
+        if self.host != DEFAULT_HOST:
+            raise ReviewServerError(f"the review server listens on this machine only ({DEFAULT_HOST}), not on {self.host}")
         running = self.ws.running()
         if running is not None:
             raise ReviewServerError(
@@ -337,22 +357,40 @@ class ReviewServer:
                 f"port {self.port} on {self.host} is already in use; stop what listens there "
                 "or pick another port with --port"
             )
-        cleanup_stale(self.ws)
-        self.env = ensure_server_env(self.progress)
         self.ws.create()
+        self._lock_workspace()
         try:
+            cleanup_stale(self.ws)
+            self.env = ensure_server_env(self.progress)
             self._start_redis()
+            self._write_pid_file()
             # The worker needs only Redis: let it import Argilla while the database is prepared.
             self.worker = self._spawn("worker", "worker", "--num-workers", str(self.num_workers))
+            self._write_pid_file()
             self._prepare()
             self.api = self._spawn("api", "api", "--host", self.host, "--port", str(self.port))
-            self._wait_ready()
             self._write_pid_file()
+            self._wait_ready()
+            self._write_pid_file(ready=True)
         except BaseException:
             self.stop()
             raise
         self.progress(f"Argilla is up at {self.url} (workspace {self.ws.root}; logs in {self.ws.logs})")
         return self.deployment()
+
+    def _lock_workspace(self) -> None:
+        """Hold an exclusive lock on the workspace while this server lives (the kernel drops it if we die)."""
+        fd = os.open(self.ws.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            running = self.ws.running() or {}
+            where = f" (pid {running['pid']}, {running.get('url')})" if running else ""
+            raise ReviewServerError(
+                f"a review server already runs for {self.ws.root}{where}; stop it with `curate review stop`"
+            ) from None
+        self._workspace_lock = fd
 
     def _child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
@@ -479,9 +517,11 @@ class ReviewServer:
             f"{_log_tail(self.ws.logs / 'api.log')}"
         )
 
-    def _write_pid_file(self) -> None:
+    def _write_pid_file(self, ready: bool = False) -> None:
+        """server.json: who runs, where, and whether the API answers yet ("ready")."""
         info = {
             "pid": os.getpid(),
+            "ready": ready,
             "url": self.url,
             "port": self.port,
             "children": {
@@ -516,6 +556,9 @@ class ReviewServer:
                 info = json.loads(self.ws.pid_file.read_text())
                 if info.get("pid") == os.getpid():
                     self.ws.pid_file.unlink()
+            if self._workspace_lock is not None:
+                os.close(self._workspace_lock)  # releases the lock
+                self._workspace_lock = None
 
     def serve_forever(self) -> int:
         """Run until SIGINT/SIGTERM/SIGHUP (or a child dies); then stop. Returns an exit code."""
@@ -597,12 +640,13 @@ def add_user(
 
 
 def cleanup_stale(ws: Workspace) -> None:
-    """Kill the children a dead server left behind (checked by command line) and drop its pid file."""
+    """Kill what a dead server left behind (checked by command line) and drop its pid file.
+
+    Call it only when no live server holds the workspace: `start` does, holding the lock itself.
+    """
     try:
         info = json.loads(ws.pid_file.read_text())
     except (FileNotFoundError, ValueError):
-        return
-    if _alive(info.get("pid")):
         return
     _kill_children(info)
     with contextlib.suppress(FileNotFoundError):
@@ -631,9 +675,11 @@ def stop_workspace(workspace: Path = DEFAULT_WORKSPACE, timeout: float = 2 * STO
     except (FileNotFoundError, ValueError):
         return False
     pid = info.get("pid")
-    if not _alive(pid):
+    if not ws.locked():  # its server died without cleaning up
         cleanup_stale(ws)
         return False
+    if not _alive(pid):
+        raise ReviewServerError(f"{ws.pid_file} names pid {pid}, which is gone, yet the workspace is locked")
     if pid == os.getpid():
         raise ReviewServerError("this process runs the server; call ReviewServer.stop()")
     os.kill(pid, signal.SIGTERM)
@@ -642,7 +688,8 @@ def stop_workspace(workspace: Path = DEFAULT_WORKSPACE, timeout: float = 2 * STO
         time.sleep(0.2)
     if _alive(pid):
         raise ReviewServerError(f"the review server (pid {pid}) did not stop within {timeout:.0f}s")
-    cleanup_stale(ws)
+    if not ws.locked():
+        cleanup_stale(ws)
     return True
 
 

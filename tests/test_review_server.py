@@ -1,0 +1,297 @@
+"""`curate review serve`: the real argilla-server 2.8 on 127.0.0.1, driven with the real argilla SDK.
+
+One server starts for the whole module (session fixture, temporary workspace,
+free port) through the same `ReviewServer` code the CLI uses. The last test
+stops it, starts it again with the CLI (`serve` in a subprocess) on the same
+workspace, checks that the records survived, adds an annotator, and stops it
+with `curate review stop`, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from curate.review.server import ReviewServer, ReviewServerError, free_port
+
+rg = pytest.importorskip("argilla")
+
+TEXTS = [
+    ("I want a refund for my broken headphones", "forum", 8),
+    ("The app crashes when I open settings", "email", 7),
+    ("Refund please, the order arrived late", "email", 6),
+    ("How do I reset my password?", "chat", 6),
+    ("Great support, thanks a lot", "forum", 5),
+]
+VECTORS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.5]]
+CLI = [sys.executable, "-m", "curate.review.cli"]
+
+
+class Review:
+    """The module's server: where it runs and how to talk to it."""
+
+    def __init__(self, workspace: Path, port: int) -> None:
+        self.workspace, self.port = workspace, port
+        self.server: ReviewServer | None = ReviewServer(workspace=workspace, port=port)
+        self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def api_key(self) -> str:
+        return json.loads((self.workspace / "owner.json").read_text())["api_key"]
+
+    def client(self) -> "rg.Argilla":
+        return rg.Argilla(api_url=self.url, api_key=self.api_key)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-Argilla-Api-Key": self.api_key}, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def review(tmp_path_factory):
+    review = Review(tmp_path_factory.mktemp("review") / "ws", free_port())
+    review.server.start()
+    try:
+        yield review
+    finally:
+        if review.server is not None:
+            review.server.stop()
+
+
+@pytest.fixture(scope="session")
+def dataset(review):
+    client = review.client()
+    workspace = rg.Workspace(name="tests", client=client).create()
+    settings = rg.Settings(
+        fields=[rg.TextField(name="text")],
+        questions=[rg.LabelQuestion(name="label", labels=["refund", "bug", "other"])],
+        metadata=[rg.TermsMetadataProperty(name="source"), rg.IntegerMetadataProperty(name="words")],
+        vectors=[rg.VectorField(name="emb", dimensions=3)],
+    )
+    dataset = rg.Dataset(name="tickets", workspace=workspace, settings=settings, client=client).create()
+    dataset.records.log(
+        [
+            rg.Record(fields={"text": text}, metadata={"source": source, "words": words}, vectors={"emb": vector})
+            for (text, source, words), vector in zip(TEXTS, VECTORS)
+        ]
+    )
+    return dataset
+
+
+def texts(records) -> set[str]:
+    return {record.fields["text"] for record in records}
+
+
+def test_sdk_lists_filters_and_searches(dataset):
+    assert texts(dataset.records) == {text for text, _, _ in TEXTS}
+
+    email = dataset.records(query=rg.Query(filter=rg.Filter(("metadata.source", "==", "email"))))
+    assert texts(email) == {TEXTS[1][0], TEXTS[2][0]}
+    some = dataset.records(query=rg.Query(filter=rg.Filter(("metadata.source", "in", ["chat", "forum"]))))
+    assert len(list(some)) == 3
+    long = dataset.records(query=rg.Query(filter=rg.Filter([("metadata.words", ">=", 7)])))
+    assert texts(long) == {TEXTS[0][0], TEXTS[1][0]}
+
+    refund = list(dataset.records(query=rg.Query(query="refund")))
+    assert texts(refund) == {TEXTS[0][0], TEXTS[2][0]}
+    assert texts(dataset.records(query=rg.Query(query="refund", filter=("metadata.source", "==", "forum")))) == {
+        TEXTS[0][0]
+    }
+    assert texts(dataset.records(query=rg.Query(query='"order arrived"'))) == {TEXTS[2][0]}
+    assert not list(dataset.records(query=rg.Query(query="nonexistentword")))
+
+    pending = dataset.records(query=rg.Query(filter=rg.Filter(("status", "==", "pending"))))
+    assert len(list(pending)) == 5
+
+
+def test_sort_pagination_and_ui_queries(review, dataset):
+    """What the web UI asks: sorted pages, the user's pending queue, metadata metrics, progress."""
+    with review.http() as http:
+        url = f"/api/v1/datasets/{dataset.id}/records/search"
+        body = {"sort": [{"scope": {"entity": "metadata", "metadata_property": "words"}, "order": "desc"}]}
+        page = http.post(url, params={"offset": 1, "limit": 2}, json=body).json()
+        assert page["total"] == 5
+        assert [item["record"]["metadata"]["words"] for item in page["items"]] == [7, 6]
+
+        me = f"/api/v1/me/datasets/{dataset.id}/records/search"
+        pending = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"},
+                                        "values": ["pending"]}]}}
+        assert http.post(me, json=pending).json()["total"] == 5
+
+        # Answer one record as the owner: it leaves the owner's pending queue and becomes completed.
+        record_id = page["items"][0]["record"]["id"]  # "The app crashes ...", 7 words
+        response = {"values": {"label": {"value": "bug"}}, "status": "submitted"}
+        assert http.post(f"/api/v1/records/{record_id}/responses", json=response).status_code == 201
+        assert http.post(me, json=pending).json()["total"] == 4
+        submitted = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"},
+                                          "values": ["submitted"]}]}}
+        assert http.post(me, json=submitted).json()["total"] == 1
+        by_label = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "question": "label"},
+                                         "values": ["bug"]}]}}
+        assert http.post(url, json=by_label).json()["total"] == 1
+        assert len(list(dataset.records(query=rg.Query(filter=("status", "==", "completed"))))) == 1
+
+        progress = http.get(f"/api/v1/datasets/{dataset.id}/progress").json()
+        assert (progress["total"], progress["completed"], progress["pending"]) == (5, 1, 4)
+        mine = http.get(f"/api/v1/me/datasets/{dataset.id}/metrics").json()
+        assert (mine["responses"]["submitted"], mine["responses"]["pending"]) == (1, 4)
+
+        properties = http.get(f"/api/v1/me/datasets/{dataset.id}/metadata-properties").json()["items"]
+        ids = {p["name"]: p["id"] for p in properties}
+        words = http.get(f"/api/v1/metadata-properties/{ids['words']}/metrics").json()
+        assert (words["min"], words["max"]) == (5, 8)
+        sources = http.get(f"/api/v1/metadata-properties/{ids['source']}/metrics").json()
+        assert {v["term"]: v["count"] for v in sources["values"]} == {"email": 2, "forum": 2, "chat": 1}
+
+
+def test_similarity_search(dataset):
+    similar = list(dataset.records(query=rg.Query(similar=rg.Similar(name="emb", value=[1.0, 0.0, 0.0]))))
+    assert [record.fields["text"] for record, _ in similar[:2]] == [TEXTS[0][0], TEXTS[2][0]]
+    scores = [score for _, score in similar]
+    assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(1.0)
+    least = list(dataset.records(query=rg.Query(similar=rg.Similar(name="emb", value=[1.0, 0.0, 0.0],
+                                                                     most_similar=False))))
+    assert least[0][0].fields["text"] in {TEXTS[1][0], TEXTS[3][0]}  # orthogonal to the query
+
+
+def test_updates_and_deletions_reach_the_index(review):
+    client = review.client()
+    settings = rg.Settings(fields=[rg.TextField(name="text")], questions=[rg.TextQuestion(name="note")],
+                           metadata=[rg.TermsMetadataProperty(name="tag")])
+    scratch = rg.Dataset(name="scratch", workspace="tests", settings=settings, client=client).create()
+    scratch.records.log([rg.Record(id=f"r{i}", fields={"text": f"note number {i}"}, metadata={"tag": "old"})
+                         for i in range(3)])
+    scratch.records.log([rg.Record(id="r0", fields={"text": "note number 0"}, metadata={"tag": "new"})])
+    assert texts(scratch.records(query=rg.Query(filter=("metadata.tag", "==", "new")))) == {"note number 0"}
+
+    scratch.records.delete([next(iter(scratch.records(query=rg.Query(query="1"))))])
+    assert texts(scratch.records(query=rg.Query(query="note"))) == {"note number 0", "note number 2"}
+
+    dataset_id = str(scratch.id)
+    scratch.delete()
+    with sqlite3.connect(review.workspace / "argilla" / "search-index.sqlite3") as index:
+        assert index.execute("SELECT count(*) FROM records WHERE dataset_id = ?", (dataset_id,)).fetchone() == (0,)
+
+
+def test_owner_credentials_are_private(review):
+    owner = review.workspace / "owner.json"
+    assert stat.S_IMODE(owner.stat().st_mode) == 0o600
+    assert set(json.loads(owner.read_text())) == {"username", "password", "api_key"}
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on port, from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_answers_only_on_loopback(review):
+    assert httpx.get(f"{review.url}/api/v1/version").json() == {"version": "2.8.0"}
+    if Path("/proc/net/tcp").exists():
+        assert _listening_addresses(review.port) == {"0100007F"}  # 127.0.0.1, and nothing else
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outward address
+        outward = probe.getsockname()[0]
+    except OSError:
+        outward = None
+    finally:
+        probe.close()
+    if outward and not outward.startswith("127."):
+        with pytest.raises(OSError):
+            socket.create_connection((outward, review.port), timeout=2).close()
+
+
+def test_web_ui_is_served(review):
+    page = httpx.get(review.url + "/", follow_redirects=True)
+    assert page.status_code == 200 and "<title>Argilla</title>" in page.text
+
+
+def test_one_server_per_workspace(review):
+    with pytest.raises(ReviewServerError, match="already runs"):
+        ReviewServer(workspace=review.workspace, port=free_port()).start()
+    assert review.server.failed_child() is None  # the running one is untouched
+
+
+def test_serve_refuses_a_busy_port_and_defers_to_a_deployment(review, tmp_path):
+    busy = subprocess.run([*CLI, "serve", "--workspace", str(tmp_path / "other"), "--port", str(review.port)],
+                          capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 1 and "already in use" in busy.stderr
+
+    env = {**os.environ, "ARGILLA_API_URL": "http://argilla.example:6900", "ARGILLA_API_KEY": "k"}
+    external = subprocess.run([*CLI, "serve", "--workspace", str(tmp_path / "other")],
+                              capture_output=True, text=True, timeout=60, env=env)
+    assert external.returncode == 0 and "http://argilla.example:6900" in external.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def _ready(pid_file: Path) -> bool:
+    try:
+        return json.loads(pid_file.read_text()).get("ready", False)
+    except (OSError, ValueError):
+        return False
+
+
+def test_restart_with_the_cli_keeps_records_then_stop(review, dataset):
+    review.server.stop()
+    review.server = None
+    ws = str(review.workspace)
+    serve = subprocess.Popen([*CLI, "serve", "--workspace", ws, "--port", str(review.port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        pid_file = review.workspace / "server.json"
+        while not _ready(pid_file) and serve.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _ready(pid_file), serve.stderr.read() if serve.poll() is not None else "not ready in time"
+        children = json.loads(pid_file.read_text())["children"]
+
+        client = review.client()
+        again = client.datasets(name="tickets", workspace="tests")
+        assert texts(again.records) == {text for text, _, _ in TEXTS}
+        assert texts(again.records(query=rg.Query(query="refund", filter=("metadata.source", "==", "email")))) == {
+            TEXTS[2][0]
+        }
+        assert len(list(again.records(query=rg.Query(filter=("status", "==", "completed"))))) == 1
+
+        added = subprocess.run([*CLI, "users", "add", "alice", "--workspace", ws],
+                               capture_output=True, text=True, timeout=120)
+        assert added.returncode == 0, added.stderr
+        password = added.stdout.strip()
+        assert len(password) >= 12
+        alice = client.users("alice")
+        assert alice is not None and alice.role == "annotator"
+        token = httpx.post(f"{review.url}/api/v1/token", data={"username": "alice", "password": password})
+        assert token.status_code == 201
+
+        stopped = subprocess.run([*CLI, "stop", "--workspace", ws], capture_output=True, text=True, timeout=90)
+        assert stopped.returncode == 0 and "stopped" in stopped.stderr
+        assert serve.wait(30) == 0
+        assert not pid_file.exists()
+        for child in children.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(child["pid"], 0)
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(60)
