@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import polars as pl
+import psutil
 import pytest
 import yaml
 
@@ -51,8 +52,8 @@ def test_generate_through_synth_serve_over_http(tmp_path):
             except httpx.HTTPError:
                 time.sleep(2)
         # It listens on loopback only.
-        addrs = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
-        assert "127.0.0.1:" in addrs and "0.0.0.0:" not in addrs
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+        assert listening == {"127.0.0.1"}
         task = tmp_path / "task.yaml"
         task.write_text(yaml.safe_dump(TASK))
         out = tmp_path / "out.parquet"
