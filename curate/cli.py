@@ -20,7 +20,7 @@ from curate.manifest import Manifest
 from curate.models import resolve_embedder, resolve_llm
 from curate.readers import read_records
 from curate.select import SelectConfig, select as run_select
-from curate.text import FIELDS, parse_fields
+from curate.text import DEFAULT_FIELDS, FIELDS, parse_fields
 from curate.writers import write_records, write_rejects
 
 
@@ -112,7 +112,7 @@ def _unit_interval(name: str):
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Kept rows: .parquet or .jsonl.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(METHODS), help="Repeatable; run in the order given. [default: exact, near]")
-@click.option("--fields", default=",".join(FIELDS), show_default=True, help="What to compare: comma-separated roles and/or label.")
+@click.option("--fields", default=",".join(DEFAULT_FIELDS), show_default=True, help=f"What to compare: comma-separated {'/'.join(FIELDS)}.")
 @click.option("--keep", type=click.Choice(KEEP_POLICIES), default="first", show_default=True, help="Which row of a duplicate cluster survives.")
 @click.option("--score-column", help="Column ranked by --keep score (highest kept).")
 @click.option("--threshold", type=float, default=0.8, show_default=True, callback=_unit_interval("--threshold"), help="near: Jaccard similarity of shingle sets.")
@@ -262,7 +262,7 @@ def filter_command(input: Path, output: Path, min_tokens: int, max_tokens: int, 
 @click.option("--threshold", type=float, default=0.8, show_default=True, callback=_unit_interval("--threshold"),
               help="MinHash check: Jaccard similarity with any evaluation row.")
 @click.option("--no-minhash", is_flag=True, help="Only the n-gram check.")
-@click.option("--fields", default=",".join(FIELDS), show_default=True, help="What to compare: comma-separated roles and/or label.")
+@click.option("--fields", default=",".join(DEFAULT_FIELDS), show_default=True, help=f"What to compare: comma-separated {'/'.join(FIELDS)}.")
 def decontaminate(input: Path, against: tuple[Path, ...], output: Path, ngram: int, max_overlap: float,
                   threshold: float, no_minhash: bool, fields: str) -> None:
     """Drop training rows that overlap an evaluation or held-out set.
@@ -299,7 +299,7 @@ def decontaminate(input: Path, against: tuple[Path, ...], output: Path, ngram: i
 @click.option("--quality-weight", type=float, default=0.5, show_default=True, help="1: by score alone; 0: by diversity alone.")
 @click.option("--stratify", type=click.Choice(["keep", "balance", "none"]), default="keep", show_default=True,
               help="With labels: keep the label distribution, balance it, or ignore labels.")
-@click.option("--fields", default=",".join(FIELDS), show_default=True, help="Text embedded for diversity.")
+@click.option("--fields", default=",".join(DEFAULT_FIELDS), show_default=True, help="Text embedded for diversity.")
 @click.option("--embedder", help="Embedding model spec (default: packaged all-MiniLM-L6-v2).")
 def select(input: Path, output: Path, size: int, score_column: str | None, quality_weight: float, stratify: str,
            fields: str, embedder: str | None) -> None:

@@ -11,7 +11,9 @@ import polars as pl
 from curate.records import normalize_text
 
 FIELDS = ("system", "user", "assistant", "label")
-DEFAULT_FIELDS = FIELDS
+# The system turn is left out by default: a long system prompt shared by many rows
+# would make unrelated rows look alike.
+DEFAULT_FIELDS = ("user", "assistant", "label")
 
 
 def parse_fields(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
