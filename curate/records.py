@@ -20,6 +20,9 @@ different sources, with different keys, live in one table without a schema fight
 from __future__ import annotations
 
 import hashlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 
 import polars as pl
 
@@ -74,10 +77,37 @@ def hash_strings(values: pl.Series) -> pl.Series:
     return pl.Series(values.name, digests, dtype=pl.String)
 
 
+# Rows per slice when ids are computed in slices (see `with_ids`).
+_ID_SLICE = 65_536
+
+
 def with_ids(df: pl.DataFrame) -> pl.DataFrame:
-    """Set `id` from the normalized messages and label."""
-    canon = df.select(canonical_content(pl.col("messages"), pl.col("label")).alias("id")).to_series()
-    return df.with_columns(hash_strings(canon))
+    """Set `id` from the normalized messages and label.
+
+    Large tables go in slices: worker threads build the canonical strings of the
+    next slices in polars (which releases the GIL) while this thread hashes the
+    current one, so normalizing and hashing overlap on every core; and only a few
+    slices' canonical strings, and their Python copies, are alive at a time.
+    """
+    if df.height <= _ID_SLICE:
+        return df.with_columns(hash_strings(_canonical(df)))
+    workers = max(1, min(pl.thread_pool_size(), 4))
+    starts = iter(range(0, df.height, _ID_SLICE))
+    ids = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque(pool.submit(_canonical, df.slice(start, _ID_SLICE)) for start in islice(starts, workers))
+        while pending:
+            current = pending.popleft().result()
+            start = next(starts, None)
+            if start is not None:
+                pending.append(pool.submit(_canonical, df.slice(start, _ID_SLICE)))
+            ids.append(hash_strings(current))
+            del current
+    return df.with_columns(pl.concat(ids, rechunk=True))
+
+
+def _canonical(df: pl.DataFrame) -> pl.Series:
+    return df.select(canonical_content(pl.col("messages"), pl.col("label")).alias("id")).to_series()
 
 
 def is_record_set(df: pl.DataFrame) -> bool:

@@ -1,11 +1,21 @@
-"""The `train` command: LoRA fine-tuning, evaluation and merging (commands arrive with the Train issue)."""
+"""The `train` command: LoRA fine-tuning and merging (evaluation through vLLM comes next)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Before torch loads OpenMP: threads that spin while waiting lose badly (measured 4-5x) when the
+# laptop's few cores are shared with anything else; sleeping waits cost little when they are not.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click
 
 from curate import __version__
-from curate.console import SmallsetGroup
+from curate.console import SmallsetGroup, console
+from train.config import MAX_EPOCHS, LoraTrainConfig
+
+_D = LoraTrainConfig()  # the defaults that --help shows
 
 
 @click.group(cls=SmallsetGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +25,70 @@ def main() -> None:
 
     The student is the default LLM (see `curate models`) unless --model names another.
     """
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Output folder (adapter/, curves.png, manifest, checkpoints/).")
+@click.option("--model", default=None, help="Base model: 'default' (packaged SmolLM2-135M-Instruct), a local folder or a hub id.  [default: default]")
+@click.option("--epochs", type=int, default=_D.epochs, help=f"Passes over the training set (at most {MAX_EPOCHS}).")
+@click.option("--lr", type=float, default=_D.lr, help="Peak learning rate (linear warmup, then cosine decay).")
+@click.option("--rank", type=int, default=_D.rank, help="LoRA rank r.")
+@click.option("--alpha", type=int, default=_D.alpha, help="LoRA alpha (scale alpha/r).")
+@click.option("--dropout", type=float, default=_D.dropout, help="LoRA dropout.")
+@click.option("--val-fraction", type=float, default=_D.val_fraction, help="Share of rows held out for validation (stratified by label).")
+@click.option("--val-size", type=int, default=None, help="Exact number of validation rows (overrides --val-fraction).")
+@click.option("--eval-every", type=int, default=None, help="Evaluate every N optimizer steps.  [default: every epoch]")
+@click.option("--patience", type=int, default=_D.patience, help="Stop after N evaluations without a lower validation loss.")
+@click.option("--batch-size", type=int, default=_D.batch_size, help="Effective batch: rows per optimizer step.")
+@click.option("--micro-batch-size", type=int, default=_D.micro_batch_size, help="Rows per forward pass (the rest is gradient accumulation).")
+@click.option("--max-length", type=int, default=None, help="Tokens per row; longer rows are truncated.  [default: 99th percentile of the data, at most 2048]")
+@click.option("--seed", type=int, default=_D.seed, help="Seed for the adapter's init, the split, data order and dropout.")
+@click.option("--qlora", is_flag=True, help="Load the base model in 4-bit (bitsandbytes); needs a CUDA GPU.")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoints/last.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None:
+    """Train a LoRA adapter on DATA (any file `curate ingest` reads) and keep the best one.
+
+    A share of DATA is held out for validation; training stops early when the validation
+    loss stops falling, and the adapter from the best evaluation is saved. The loss covers
+    only the assistant replies, rendered with the base model's chat template.
+
+    \b
+    Example:
+      train lora accepted.parquet -o runs/lora --epochs 3 --eval-every 20
+    """
+    from train.lora import train_lora
+
+    config = LoraTrainConfig(**options)
+    try:
+        result = train_lora(data, output, config, resume=resume, progress=not quiet)
+    except KeyboardInterrupt:
+        console.print(f"interrupted; `train lora {data} -o {output} --resume` continues from the last evaluation")
+        raise SystemExit(130) from None
+    console.print(
+        f"adapter: {result.adapter_dir}  best validation loss {result.best_val_loss:.4f} "
+        f"(epoch {result.best_epoch}, step {result.best_step}{', stopped early' if result.stopped_early else ''}), "
+        f"{result.tokens_per_s:.0f} tokens/s"
+    )
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Folder for the merged model.")
+@click.option("--model", default=None, help="Base model to merge into.  [default: the one the adapter records]")
+def merge(adapter: Path, output: Path, model: str | None) -> None:
+    """Merge ADAPTER (an adapter folder or a `train lora` output) into its base model's weights.
+
+    For serving stacks without LoRA support; the merged folder loads like any model.
+
+    \b
+    Example:
+      train merge runs/lora -o runs/merged
+    """
+    from train.merge import merge_adapter
+
+    console.print(f"merged model: {merge_adapter(adapter, output, model)}")
 
 
 if __name__ == "__main__":

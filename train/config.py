@@ -1,0 +1,123 @@
+"""Small-data LoRA defaults, each with where it comes from.
+
+A few hundred to a few thousand examples overfit quickly, so the defaults favour
+few epochs, a held-out validation set with early stopping, and adapters on every
+linear layer at a modest rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from train.errors import TrainError
+
+MAX_EPOCHS = 5  # beyond this a small set is memorized; the issue enforces it
+MIN_ROWS = 10  # fewer rows cannot give both a training and a validation set
+
+
+@dataclass
+class LoraTrainConfig:
+    """Every knob of `train lora`; the CLI flags map onto these fields one to one."""
+
+    model: str | None = None
+    """Base model spec (`curate.models.resolve_llm`): None/"default" is the packaged SmolLM2-135M-Instruct."""
+
+    rank: int = 16
+    """LoRA r. 16 is the common small-data choice (QLoRA paper, Dettmers et al. 2023, and PEFT/TRL
+    examples): with all-linear targets, higher ranks give no measurable gain on a few thousand rows."""
+
+    alpha: int = 32
+    """LoRA alpha = 2 x r, the usual scaling (update scale alpha/r = 2) in PEFT and TRL recipes."""
+
+    dropout: float = 0.05
+    """LoRA dropout; 0.05 as in the QLoRA paper for models up to 13B: a light regularizer for small sets."""
+
+    target_modules: str | list[str] = "all-linear"
+    """Adapt every linear layer but the output head: the QLoRA paper shows this is what matches full
+    fine-tuning; attention-only LoRA loses quality. No modules_to_save, so vLLM can serve the adapter."""
+
+    lr: float = 2e-4
+    """Peak learning rate; 2e-4 is the QLoRA paper's value for small models and the TRL/PEFT default for LoRA."""
+
+    warmup_ratio: float = 0.05
+    """Linear warmup over this share of steps (0.03 in QLoRA, 0.1 in many TRL examples), then cosine decay to 0."""
+
+    epochs: int = 3
+    """Passes over the training set; 3 is the common SFT default, at most MAX_EPOCHS (5) to avoid memorizing."""
+
+    batch_size: int = 16
+    """Effective batch (rows per optimizer step) = micro_batch_size x gradient accumulation; 16 as in QLoRA."""
+
+    micro_batch_size: int = 4
+    """Rows per forward pass: bounds memory; the rest of the effective batch is gradient accumulation."""
+
+    max_length: int | None = None
+    """Tokens per row; None = the data's 99th percentile of token lengths (rounded up to 8), capped by
+    max_length_cap: one long outlier must not set the cost of every batch. Longer rows are truncated."""
+
+    max_length_cap: int = 2048
+    """Upper bound for the automatic max_length (SmolLM2 was instruction-tuned at 2048 tokens)."""
+
+    val_fraction: float = 0.1
+    """Share of rows held out for validation (stratified by label when labels exist)."""
+
+    val_size: int | None = None
+    """Exact number of validation rows; overrides val_fraction."""
+
+    eval_every: int | None = None
+    """Evaluate every N optimizer steps; None = at the end of every epoch."""
+
+    patience: int = 2
+    """Stop after this many evaluations without a lower validation loss (the best adapter is kept)."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay; 0 as in the LoRA and QLoRA papers (the adapter is small, dropout regularizes)."""
+
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm, the HF Trainer and TRL default (QLoRA used 0.3)."""
+
+    mega_batch_factor: int = 50
+    """Length grouping sorts rows by length within windows of factor x micro_batch_size rows (as HF's
+    LengthGroupedSampler does): little padding, while the order stays random across windows."""
+
+    seed: int = 42
+    """Seeds the adapter's initialization, the split, the data order and dropout: same seed, same adapter."""
+
+    qlora: bool = False
+    """Load the base model in 4-bit NF4 (bitsandbytes) and train LoRA on top; needs a CUDA GPU."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def grad_accumulation(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+    def validate(self) -> None:
+        checks = [
+            (1 <= self.epochs <= MAX_EPOCHS, f"epochs must be between 1 and {MAX_EPOCHS} (more epochs memorize a small set), got {self.epochs}"),
+            (self.rank >= 1, f"rank must be at least 1, got {self.rank}"),
+            (self.alpha >= 1, f"alpha must be at least 1, got {self.alpha}"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.micro_batch_size >= 1, f"micro_batch_size must be at least 1, got {self.micro_batch_size}"),
+            (
+                self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size == 0,
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})",
+            ),
+            (self.max_length is None or self.max_length >= 8, f"max_length must be at least 8, got {self.max_length}"),
+            (self.max_length_cap >= 8, f"max_length_cap must be at least 8, got {self.max_length_cap}"),
+            (0 < self.val_fraction < 0.5, f"val_fraction must be in (0, 0.5), got {self.val_fraction}"),
+            (self.val_size is None or self.val_size >= 1, f"val_size must be at least 1, got {self.val_size}"),
+            (self.eval_every is None or self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}"),
+            (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
+            (self.mega_batch_factor >= 1, f"mega_batch_factor must be at least 1, got {self.mega_batch_factor}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
