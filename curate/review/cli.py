@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import click
 
 from curate.console import SmallsetGroup, console
+from curate.review.routing import POLICIES
 from curate.review.server import (
     DEFAULT_ARGILLA_WORKSPACE,
     DEFAULT_PORT,
@@ -137,6 +139,185 @@ def _add_user_remote(deployment, name: str, role: str, workspaces: list[str]) ->
         workspace = client.workspaces(workspace_name) or rg.Workspace(name=workspace_name, client=client).create()
         workspace.add_user(user)
     return password
+
+
+# --------------------------------------------------------------------------- push, pull, status
+
+argilla_workspace_option = click.option(
+    "--argilla-workspace", default=DEFAULT_ARGILLA_WORKSPACE, show_default=True,
+    help="Argilla workspace that holds the review datasets.")
+
+
+@review.command()
+@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
+@workspace_option
+@argilla_workspace_option
+@click.option("--name", help="Argilla dataset to create or reuse (default: the key).")
+@click.option("--key", help="Names DATASET in the Argilla record ids (default: its file stem). Pull with the same key.")
+@click.option("--route", "policy", type=click.Choice(POLICIES), default="all", show_default=True,
+              help="Which rows go to review.")
+@click.option("--score-column", default="judge_score", show_default=True, help="Score that --route borderline reads.")
+@click.option("--band", default="2.5:3.5", show_default=True, help="LOW:HIGH score band for --route borderline.")
+@click.option("--fraction", type=float, default=0.1, show_default=True, help="Share of rows for --route audit.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --route audit sample.")
+@click.option("--where", help="SQL condition over the columns (polars), e.g. \"judge_score < 3 AND source = 'x'\".")
+@click.option("--overlap", type=click.IntRange(1, 50),
+              help="Submissions a record needs to be complete (Argilla's min_submitted; new datasets: 1).")
+@click.option("--vectors/--no-vectors", default=True, show_default=True,
+              help="Send embeddings for similarity search in the UI.")
+@click.option("--embedder", help="Embedding model spec (env SMALLSET_EMBEDDER).")
+@click.option("--batch-size", type=click.IntRange(1, 500), default=500, show_default=True)
+def push(dataset: Path, workspace: Path, argilla_workspace: str, name: str | None, key: str | None, policy: str,
+         score_column: str, band: str, fraction: float, seed: int, where: str | None, overlap: int | None,
+         vectors: bool, embedder: str | None, batch_size: int) -> None:
+    """Send DATASET's rows (all, or those a routing policy picks) to an Argilla dataset for review.
+
+    Pushing again adds only rows that are not there yet, so an interrupted push is
+    finished by running it again.
+
+    \b
+      curate review push scored.parquet --overlap 2
+      curate review push scored.parquet --route borderline --band 2.5:3.5
+      curate review push scored.parquet --route audit --fraction 0.05 --seed 1
+      curate review push all.parquet --route filter --where "origin = 'synthetic' OR judge_score < 3"
+    """
+    from curate.review.client import connect
+    from curate.review.push import PushOptions, push as run_push
+    from curate.review.routing import Route, parse_band
+
+    options = PushOptions(
+        name=name, key=key, argilla_workspace=argilla_workspace,
+        route=Route(policy=policy, score_column=score_column, band=parse_band(band), fraction=fraction, seed=seed,
+                    where=where),
+        overlap=overlap, vectors=vectors, embedder=embedder, batch_size=batch_size,
+    )
+    conn = connect(workspace)
+    with _records_bar("pushing") as bar:
+        report = run_push(dataset, conn, options, progress=_progress, bar=bar)
+    for line in report.changed:
+        _progress(f"changed: {line}")
+    for line in report.notes:
+        _progress(f"note: {line}")
+    verb = "created" if report.created else "reused"
+    _progress(
+        f"{verb} {report.workspace}/{report.dataset}: {report.pushed} new records, {report.already} already there "
+        f"({report.routed} of {report.rows} rows routed{', vectors' if report.vectors else ''}"
+        f"{f', {report.duplicate_ids} repeated ids sent once' if report.duplicate_ids else ''}); "
+        f"review at {report.dataset_url}"
+    )
+
+
+@review.command()
+@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write DATASET with its review outcomes (.parquet or .jsonl).")
+@workspace_option
+@argilla_workspace_option
+@click.option("--name", help="Argilla dataset to read (default: the key).")
+@click.option("--key", help="The key DATASET was pushed with (default: its file stem).")
+@click.option("--min-votes", type=click.IntRange(1, 50), default=1, show_default=True,
+              help="Decisions a row needs before it gets an outcome; fewer leave it pending.")
+@click.option("--on-tie", type=click.Choice(["reject", "pending"]), default="reject", show_default=True,
+              help="What a tie between keep and reject votes gives.")
+def pull(dataset: Path, output: Path, workspace: Path, argilla_workspace: str, name: str | None, key: str | None,
+         min_votes: int, on_tie: str) -> None:
+    """Write DATASET back with each row's review outcome: accepted, rejected, corrected or pending.
+
+    Submitted and discarded responses are decisions (a discard rejects); drafts are not.
+    Several annotators per record: a majority decides, and the agreement per question
+    (Krippendorff's alpha) is printed and written to OUTPUT's .review.json.
+
+    \b
+      curate review pull scored.parquet -o reviewed.parquet
+      curate filter reviewed.parquet --where "review_outcome != 'rejected'" ...
+    """
+    from curate.review.client import connect
+    from curate.review.pull import PullOptions, pull as run_pull
+
+    conn = connect(workspace)
+    with console.status("reading responses"):
+        report = run_pull(dataset, output, conn,
+                          PullOptions(name=name, key=key, argilla_workspace=argilla_workspace, min_votes=min_votes,
+                                      on_tie=on_tie))
+    _print_pull(report)
+
+
+def _print_pull(report) -> None:
+    from rich.table import Table
+
+    outcomes = ", ".join(f"{count} {outcome}" for outcome, count in report.outcomes.items())
+    _progress(f"{report.output}: {report.rows} rows: {outcomes}")
+    if report.pending:
+        _progress("pending: " + ", ".join(f"{n} {why}" for why, n in report.pending.items()))
+    if report.annotators:
+        _progress("responses: " + "; ".join(
+            f"{user} " + ", ".join(f"{n} {status}" for status, n in counts.items())
+            for user, counts in report.annotators.items()))
+    if any(a.units for a in report.agreement):
+        table = Table(title="agreement between annotators", title_justify="left")
+        for column in ("question", "scale", "records", "pairs agreeing", "Krippendorff's alpha"):
+            table.add_column(column)
+        for a in report.agreement:
+            alpha = f"{a.alpha:.3f}" if a.alpha is not None else f"- ({a.note})"
+            pairwise = f"{a.pairwise:.0%}" if a.pairwise is not None else "-"
+            table.add_row(a.question, a.level, str(a.units), pairwise, alpha)
+        console.print(table)
+        c = report.conflicts
+        _progress(f"conflicts: {c['records']} records ({c['resolved_by_majority']} resolved by majority, "
+                  f"{c['ties']} ties); rule: {report.rule}")
+    for note in report.notes:
+        _progress(f"note: {note}")
+    _progress(f"report: {report.report_file}")
+
+
+@review.command()
+@workspace_option
+@click.option("--argilla-workspace", help="Only this Argilla workspace (default: all you can see).")
+@click.option("--name", help="Only this Argilla dataset.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per dataset, in a list) on stdout.")
+def status(workspace: Path, argilla_workspace: str | None, name: str | None, as_json: bool) -> None:
+    """Review progress per dataset and per annotator."""
+    import json
+
+    from curate.review.client import connect
+    from curate.review.status import status as run_status
+
+    found = run_status(connect(workspace), argilla_workspace, name)
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in found], indent=2))
+        return
+    if not found:
+        _progress("no review datasets yet; push one with `curate review push DATASET`")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    for entry in found:
+        done = f"{entry.completed}/{entry.total}" + (f" ({entry.completed / entry.total:.0%})" if entry.total else "")
+        table = Table(title=f"{entry.workspace}/{entry.dataset}: {done} completed, {entry.pending} pending "
+                            f"(complete at {entry.overlap} submitted)", title_justify="left")
+        for column in ("annotator", "submitted", "discarded", "draft"):
+            table.add_column(column, justify="right" if column != "annotator" else "left")
+        for user, counts in entry.annotators.items():
+            table.add_row(user, str(counts["submitted"]), str(counts["discarded"]), str(counts["draft"]))
+        if not entry.annotators:
+            table.add_row("(no responses yet)", "", "", "")
+        out.print(table)
+
+
+@contextlib.contextmanager
+def _records_bar(what: str):
+    """A rich progress bar over records; yields `bar(total) -> advance(n)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"{what}"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        def bar(total: int):
+            task = progress.add_task(what, total=total)
+            return lambda n: progress.advance(task, n)
+
+        yield bar
 
 
 main = review  # `python -m curate.review.cli` and tests run the group on its own

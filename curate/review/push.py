@@ -1,0 +1,214 @@
+"""`curate review push`: send the rows that need a person to an Argilla dataset.
+
+Idempotent by construction: every Argilla record id derives from the dataset
+key and the row id (`mapping.external_id`). Push first lists the ids the
+Argilla dataset already holds and sends only the others, in batches through
+the SDK's bulk upsert. A push that stopped halfway (Ctrl-C, a crash, a network
+failure) is finished by running it again: the batches that arrived are
+skipped, and a batch that arrived without its answer is upserted by id, never
+added twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from curate.readers import read_records
+from curate.review.client import Connection, ReviewError, argilla_errors
+from curate.review.mapping import (
+    CORRECTED_LABEL,
+    VECTOR,
+    RecordPlan,
+    default_key,
+    external_id,
+    labels_of,
+    metadata_columns,
+    prepare,
+    record_payload,
+    with_meta_scores,
+)
+from curate.review.routing import Route, route
+from curate.review.server import DEFAULT_ARGILLA_WORKSPACE
+from curate.review.settings import Reconciled, TaskShape, build_settings, reconcile
+
+if TYPE_CHECKING:
+    import argilla as rg
+
+MAX_BATCH = 500  # Argilla's limit per bulk upsert
+LIST_PAGE = 1000  # Argilla's limit per records page
+
+
+@dataclass
+class PushOptions:
+    name: str | None = None  # the Argilla dataset (default: the key)
+    key: str | None = None  # the dataset key in record ids (default: the file's stem)
+    argilla_workspace: str = DEFAULT_ARGILLA_WORKSPACE
+    route: Route = field(default_factory=Route)
+    overlap: int | None = None
+    vectors: bool = True
+    embedder: str | None = None
+    batch_size: int = MAX_BATCH
+
+
+@dataclass
+class PushReport:
+    dataset: str
+    workspace: str
+    url: str
+    dataset_url: str
+    created: bool
+    rows: int
+    routed: int
+    already: int
+    pushed: int
+    duplicate_ids: int
+    vectors: bool
+    changed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def iter_records(conn: Connection, dataset: "rg.Dataset", with_responses: bool = False) -> Iterator:
+    """Every record of the Argilla dataset (SDK record models), in pages of 1000."""
+    offset = 0
+    while True:
+        page = conn.client.api.records.list(
+            dataset_id=dataset.id, limit=LIST_PAGE, offset=offset, with_responses=with_responses,
+            with_suggestions=False,
+        )
+        yield from page
+        if len(page) < LIST_PAGE:
+            return
+        offset += len(page)
+
+
+def existing_ids(conn: Connection, dataset: "rg.Dataset") -> set[str]:
+    """External ids of every record in the Argilla dataset."""
+    return {str(record.external_id) for record in iter_records(conn, dataset) if record.external_id is not None}
+
+
+def _embed(df: pl.DataFrame, embedder: str | None) -> list[list[float]]:
+    from curate.dedup.semantic import embed
+    from curate.text import field_text
+
+    texts = df.select(field_text(("user", "assistant")).alias("t"))["t"].to_list()
+    return embed(texts, embedder, progress=False).tolist()
+
+
+def _create(conn: Connection, dataset: "rg.Dataset") -> None:
+    """Create and publish the dataset; a failed step removes what it left (a draft would block the next push)."""
+    try:
+        dataset.create()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            left = conn.dataset(dataset.name, dataset.workspace.name)
+            if left is not None:
+                left.delete()
+        raise
+
+
+def push(
+    path: Path,
+    conn: Connection,
+    options: PushOptions,
+    *,
+    progress: Callable[[str], None] = print,
+    bar: Callable[[int], Callable[[int], None]] | None = None,
+) -> PushReport:
+    """Push the routed rows of `path` that the Argilla dataset does not hold yet.
+
+    `bar(total)` may return a callback that is told how many records each sent batch held.
+    """
+    import argilla as rg
+
+    key = options.key or default_key(path)
+    name = options.name or key
+    df = with_meta_scores(read_records(path).records)
+    routed = route(df, options.route)
+    unique = routed.unique(subset="id", keep="first", maintain_order=True)
+    duplicates = routed.height - unique.height
+
+    with argilla_errors(conn.url):
+        workspace = conn.workspace(options.argilla_workspace, create=True)
+        dataset = conn.dataset(name, workspace.name)
+        already = existing_ids(conn, dataset) if dataset is not None else set()
+        ids = [external_id(key, rid) for rid in unique["id"].to_list()]
+        new = unique.filter(pl.Series([i not in already for i in ids], dtype=pl.Boolean))
+
+        vectors = None
+        if options.vectors and new.height:
+            progress(f"embedding {new.height} rows for similarity search")
+            vectors = _embed(new, options.embedder)
+        shape = TaskShape(
+            labels=tuple(labels_of(df)),
+            metadata=tuple(metadata_columns(df)),
+            vector_dims=len(vectors[0]) if vectors else None,
+            overlap=options.overlap,
+        )
+        created = dataset is None
+        if created:
+            if new.height == 0:
+                raise ReviewError(f"no rows of {path} to push (routing {options.route.describe()} selected none)")
+            dataset = rg.Dataset(name=name, workspace=workspace, settings=build_settings(shape), client=conn.client)
+            _create(conn, dataset)
+            state = Reconciled(
+                fields={f.name for f in dataset.settings.fields},
+                questions={q.name for q in dataset.settings.questions},
+                metadata={m.name for m in dataset.settings.metadata},
+                vectors=bool(vectors),
+                labels=shape.labels,
+            )
+        else:
+            state = reconcile(dataset, shape)
+
+        plan = RecordPlan(
+            key=key,
+            labels=state.labels if CORRECTED_LABEL in state.questions else shape.labels,
+            metadata=shape.metadata,
+            fields=frozenset(state.fields),
+            questions=frozenset(state.questions),
+            metadata_names=frozenset(state.metadata),
+        )
+        send_vectors = bool(vectors) and state.vectors
+        batch_size = max(1, min(options.batch_size, MAX_BATCH))
+        advance = bar(new.height) if bar is not None else None
+        pushed = 0
+        rows = prepare(new).iter_rows(named=True)
+        for start in range(0, new.height, batch_size):
+            models = []
+            for offset in range(min(batch_size, new.height - start)):
+                payload = record_payload(next(rows), plan)
+                record = rg.Record(
+                    id=payload["id"],
+                    fields=payload["fields"],
+                    metadata=payload["metadata"],
+                    suggestions=[rg.Suggestion(q, value, agent=agent) for q, (value, agent) in payload["suggestions"].items()],
+                    vectors={VECTOR: vectors[start + offset]} if send_vectors else None,
+                )
+                record.dataset = dataset
+                models.append(record.api_model())
+            conn.client.api.records.bulk_upsert(dataset_id=dataset.id, records=models)
+            pushed += len(models)
+            if advance is not None:
+                advance(len(models))
+
+    return PushReport(
+        dataset=name,
+        workspace=workspace.name,
+        url=conn.url,
+        dataset_url=f"{conn.url}/dataset/{dataset.id}/annotation-mode",
+        created=created,
+        rows=df.height,
+        routed=routed.height,
+        already=unique.height - new.height,
+        pushed=pushed,
+        duplicate_ids=duplicates,
+        vectors=send_vectors,
+        changed=state.changed,
+        notes=state.notes,
+    )

@@ -1,0 +1,125 @@
+"""The Argilla web UI in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+One server for the module (temporary workspace, free port). `curate review
+push` sends 6 rows (2 synthetic); an annotator made with `curate review users
+add` signs in with the printed password, opens the dataset from the home page,
+sees the pushed records, filters them by the `source` metadata value through
+the filter menu, edits the pre-filled corrected response of the record in view
+and submits it. `curate review pull` then gives that row `corrected`, with the
+new response.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from curate.records import CORE_SCHEMA, order_columns, with_ids
+from curate.review.server import ReviewServer, free_port
+from curate.writers import write_records
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+CORRECTION = "Open Settings, then Billing, and press Download invoice."
+TIMEOUT_MS = 30_000
+
+
+def curate(workspace: Path, *args) -> "click.testing.Result":  # noqa: F821
+    from curate.cli import main
+
+    result = CliRunner().invoke(main, ["review", *map(str, args), "--workspace", str(workspace)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory):
+    for name in ("ARGILLA_API_URL", "ARGILLA_API_KEY"):
+        assert name not in os.environ, f"unset {name}: this test starts its own server"
+    root = tmp_path_factory.mktemp("review-ui")
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"Where is invoice {i}?"},
+                         {"role": "assistant", "content": f"Invoice {i} is in your account."}],
+            "label": "billing",
+            "source": "synth:tickets" if i % 3 == 0 else "helpdesk",
+            "meta": json.dumps({"n": i}),
+        }
+        for i in range(6)
+    ]
+    df = pl.DataFrame(rows, schema={k: v for k, v in CORE_SCHEMA.items() if k != "id"})
+    data = write_records(order_columns(with_ids(df.with_columns(pl.lit(None, dtype=pl.String).alias("id")))),
+                         root / "invoices.parquet")
+    server = ReviewServer(workspace=root / "ws", port=free_port())
+    server.start()
+    try:
+        curate(root / "ws", "push", data, "--no-vectors")
+        password = curate(root / "ws", "users", "add", "ann").stdout.strip().splitlines()[-1]
+        yield {"root": root, "data": data, "url": server.url, "password": password}
+    finally:
+        server.stop()
+
+
+def test_annotator_filters_and_corrects_in_the_browser(pushed):
+    root, url = pushed["root"], pushed["url"]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(f"{url}/", wait_until="networkidle")
+            assert page.url.endswith("/sign-in")  # nobody is signed in
+            page.locator("input[type=text]").first.fill("ann")
+            page.locator("input[type=password]").fill(pushed["password"])
+            page.locator("button[type=submit]").click()
+
+            page.get_by_text("invoices", exact=True).click()  # the dataset card on the home page
+            page.wait_for_url("**/dataset/*/annotation-mode**")
+            page.get_by_text("1 of 6").wait_for()
+            sync_api.expect(page.get_by_text("Keep this example?")).to_be_visible()
+
+            page.get_by_text("Filters", exact=True).click()
+            page.get_by_text("Metadata", exact=True).click()
+            page.get_by_text("source", exact=True).click()
+            page.get_by_text("synth:tickets", exact=True).click()
+            page.keyboard.press("Escape")
+            page.get_by_text("1 of 2").wait_for()  # rows 0 and 3 are synthetic
+            assert "metadata=source." in page.url
+
+            editor = page.locator("[contenteditable=true]").first
+            original = editor.inner_text().strip()
+            assert original in {"Invoice 0 is in your account.", "Invoice 3 is in your account."}
+            n = int(original.split()[1])
+            editor.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.type(CORRECTION)
+            page.get_by_text("accept", exact=True).first.click()  # the decision is required
+            page.get_by_text("Submit", exact=True).click()
+            page.get_by_text("2 of 2").wait_for()  # submitted: the UI moves on to the next pending record
+        except Exception:
+            page.screenshot(path=str(root / "failure.png"))
+            raise
+        finally:
+            browser.close()
+
+    out = root / "reviewed.parquet"
+    result = curate(root / "ws", "pull", pushed["data"], "-o", out)
+    assert "1 corrected" in result.stderr
+    df = pl.read_parquet(out).with_columns(pl.col("meta").str.json_path_match("$.n").cast(pl.Int64).alias("n"))
+    row = df.filter(pl.col("n") == n).row(0, named=True)
+    assert row["review_outcome"] == "corrected"
+    assert row["messages"][-1] == {"role": "assistant", "content": CORRECTION}
+    review = json.loads(row["meta"])["review"]
+    assert review["original"]["response"] == original and review["votes"][0]["user"] == "ann"
+    assert df.filter(pl.col("n") != n)["review_outcome"].to_list() == ["pending"] * 5
