@@ -160,6 +160,19 @@ def test_length_grouped_batches_cover_every_row_once_with_little_padding():
     assert padded < 1.05 * sum(lengths)  # random batches would pad by about 60%
 
 
+def test_small_sets_get_a_smaller_batch_and_enough_steps():
+    from train.config import LoraTrainConfig
+
+    config = LoraTrainConfig()
+    for n in (10, 22, 30, 64, 127):
+        batch, micro = config.effective_batch(n)
+        assert -(-n // batch) >= config.min_steps_per_epoch  # optimizer steps per epoch
+        assert batch % micro == 0 and micro <= config.micro_batch_size
+    assert config.effective_batch(22) == (2, 2) and config.effective_batch(64) == (8, 4)
+    assert config.effective_batch(128) == config.effective_batch(5000) == (16, 4)
+    assert LoraTrainConfig(batch_size=8).effective_batch(20) == (8, 4)  # a batch given is used as is
+
+
 # -- bad input (no training) --------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""The `train` command: LoRA fine-tuning and merging (evaluation through vLLM comes next)."""
+"""The `train` command: LoRA fine-tuning, evaluation through vLLM, and merging."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click
+from rich.console import Console
 
 from curate import __version__
 from curate.console import SmallsetGroup, console
+from curate.layouts import LAYOUTS
 from train.config import MAX_EPOCHS, LoraTrainConfig
 
 _D = LoraTrainConfig()  # the defaults that --help shows
@@ -40,7 +42,8 @@ def main() -> None:
 @click.option("--val-size", type=int, default=None, help="Exact number of validation rows (overrides --val-fraction).")
 @click.option("--eval-every", type=int, default=None, help="Evaluate every N optimizer steps.  [default: every epoch]")
 @click.option("--patience", type=int, default=_D.patience, help="Stop after N evaluations without a lower validation loss.")
-@click.option("--batch-size", type=int, default=_D.batch_size, help="Effective batch: rows per optimizer step.")
+@click.option("--batch-size", type=int, default=None, help="Effective batch: rows per optimizer step.  [default: 16, or train rows // --min-steps-per-epoch when fewer]")
+@click.option("--min-steps-per-epoch", type=int, default=_D.min_steps_per_epoch, help="With the default batch: shrink it on small sets so that each epoch has this many steps.")
 @click.option("--micro-batch-size", type=int, default=_D.micro_batch_size, help="Rows per forward pass (the rest is gradient accumulation).")
 @click.option("--max-length", type=int, default=None, help="Tokens per row; longer rows are truncated.  [default: 99th percentile of the data, at most 2048]")
 @click.option("--seed", type=int, default=_D.seed, help="Seed for the adapter's init, the split, data order and dropout.")
@@ -71,6 +74,49 @@ def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None
         f"(epoch {result.best_epoch}, step {result.best_step}{', stopped early' if result.stopped_early else ''}), "
         f"{result.tokens_per_s:.0f} tokens/s"
     )
+
+
+@main.command("eval", context_settings={"show_default": True})
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("--test", "test", required=True, type=click.Path(path_type=Path), help="Held-out test set: any file `curate ingest` reads.")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None, help="Output folder (eval.json, predictions.parquet, confusion.png).  [default: eval/ beside the adapter]")
+@click.option("--model", default=None, help="Base model; must be the one the adapter was trained on.  [default: the one the adapter records]")
+@click.option("--shots-from", type=click.Path(path_type=Path), default=None, help="Rows for the k-shot prompt.  [default: the adapter's training split]")
+@click.option("-k", "--k", "k", type=int, default=None, help="Shots in the k-shot prompt.  [default: one per label (at most 8) for classification, else 3]")
+@click.option("--task", type=click.Choice(["auto", "classification", "exact", "free"]), default="auto", help="Task type, which decides the metrics.")
+@click.option("--labels", default=None, help="Comma-separated label set for classification.  [default: the training rows' labels]")
+@click.option("--constrain/--no-constrain", default=True, help="Classification: constrain answers to the label set (guided choice), or parse free answers.")
+@click.option("--system", default=None, help="System message for every prompt.  [default: the one all training rows share, if any]")
+@click.option("--max-tokens", type=int, default=None, help="New tokens per answer.  [default: by task]")
+@click.option("--max-model-len", type=int, default=2048, help="Context length of the engine.")
+@click.option("--seed", type=int, default=0, help="Chooses the k-shot examples.")
+@click.option("--judge", is_flag=True, help="Free text: also a win rate against the base model, judged by the base model.")
+@click.option("--metric", default=None, help="Objective metric for the verdict, e.g. accuracy, macro_f1, exact_match, token_f1, rouge_l.")
+@click.option("--target", default=None, help="Objective target: a threshold (0.85, 85%) or points over k-shot or base (+30, kshot+30, base+5).")
+@click.option("--layout", type=click.Choice(list(LAYOUTS)), help="Layout of the test file; detected from the column names when omitted.")
+@click.option("--map", "pairs", multiple=True, metavar="FIELD=COLUMN", help="Which test-file column plays a layout field (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_(adapter: Path, test: Path, output: Path | None, shots_from: Path | None, labels: str | None, layout: str | None,
+          pairs: tuple[str, ...], quiet: bool, **options) -> None:
+    """Score ADAPTER against its base model zero-shot and with a k-shot prompt, on a held-out TEST set.
+
+    One vLLM engine with LoRA answers every test row three times (greedy decoding, the
+    base model's chat template, the training records' layout). Metrics follow the task:
+    accuracy, macro-F1 and a confusion matrix for classification; exact match and token F1
+    for short answers; ROUGE-L (and with --judge a win rate) for free text.
+
+    \b
+    Example:
+      train eval runs/lora --test recipes/examples/support_tickets_test.jsonl --metric accuracy --target +30
+    """
+    from curate.layouts import Mapping
+    from train.evaluate import EvalConfig, evaluate
+    from train.report import results_table
+
+    config = EvalConfig(labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None, **options)
+    result = evaluate(adapter, test, output, config, shots_from=shots_from, mapping=Mapping.parse(layout, pairs), progress=not quiet)
+    Console().print(results_table(result.report))
+    console.print(f"eval: {result.eval_json}  predictions: {result.predictions}" + (f"  confusion: {result.confusion_png}" if result.confusion_png else ""))
 
 
 @main.command(context_settings={"show_default": True})

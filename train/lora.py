@@ -129,12 +129,14 @@ def train_lora(
     model = load_model(resolved, config, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    micro_per_epoch = math.ceil(len(prepared.train) / config.micro_batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accumulation)
+    batch_size, micro_batch = config.effective_batch(len(prepared.train))
+    accumulation = batch_size // micro_batch
+    micro_per_epoch = math.ceil(len(prepared.train) / micro_batch)
+    steps_per_epoch = math.ceil(micro_per_epoch / accumulation)
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, config.warmup_ratio))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    val_batches = [collate([prepared.val[i] for i in b], pad_id) for b in by_length([len(r.input_ids) for r in prepared.val], config.micro_batch_size)]
+    val_batches = [collate([prepared.val[i] for i in b], pad_id) for b in by_length([len(r.input_ids) for r in prepared.val], micro_batch)]
 
     fingerprint = _fingerprint(config, resolved, prepared)
     state = Progress()
@@ -152,8 +154,8 @@ def train_lora(
     bar = _progress_bar(total_steps, state.step, progress)
     while state.step < total_steps and not state.stopped_early:
         epoch, done_in_epoch = divmod(state.step, steps_per_epoch)
-        micro = length_grouped(lengths, config.micro_batch_size, seed=config.seed, epoch=epoch, factor=config.mega_batch_factor)
-        steps = [micro[k : k + config.grad_accumulation] for k in range(0, len(micro), config.grad_accumulation)]
+        micro = length_grouped(lengths, micro_batch, seed=config.seed, epoch=epoch, factor=config.mega_batch_factor)
+        steps = [micro[k : k + accumulation] for k in range(0, len(micro), accumulation)]
         for group in steps[done_in_epoch:]:
             t0 = time.perf_counter()
             loss = train_step(model, [collate([prepared.train[i] for i in b], pad_id) for b in group], optimizer, scheduler, config, device, state)
@@ -166,13 +168,8 @@ def train_lora(
             due = state.step % config.eval_every == 0 if config.eval_every else end_of_epoch
             if due or state.step == total_steps:
                 val = validation_loss(model, val_batches, device)
-                state.evaluations.append({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "val_loss": val})
-                if val < state.best_val_loss:
-                    state.best_val_loss, state.best_step, state.bad_evals = val, state.step, 0
+                if record_evaluation(state, val, steps_per_epoch, total_steps, config.patience):
                     best_weights = _adapter_weights(model)
-                else:
-                    state.bad_evals += 1
-                    state.stopped_early = state.bad_evals >= config.patience and state.step < total_steps
                 bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}")
                 save_checkpoint(checkpoint, model, optimizer, scheduler, state, best_weights, fingerprint)
                 if on_evaluate is not None:
@@ -191,37 +188,32 @@ def train_lora(
     curves = output_dir / "curves.png"
     plot_curves(state, curves)
     best_epoch = math.ceil(state.best_step / steps_per_epoch)
-    tokens_per_s = state.tokens / state.train_seconds if state.train_seconds else 0.0
-    manifest.parameters["max_length"] = prepared.max_length
-    manifest.parameters["device"] = str(device)
+    manifest.parameters.update(max_length=prepared.max_length, device=str(device), batch_size=batch_size,
+                               micro_batch_size=micro_batch, grad_accumulation=accumulation)
     manifest.counts.update(
         rows_in=records.height, train_rows=len(prepared.train), validation_rows=len(prepared.val),
         truncated_rows=prepared.truncated, dropped_rows=prepared.dropped, steps=state.step,
         total_steps=total_steps, tokens_trained=state.tokens,
     )
-    manifest.metrics.update(
-        tokens_per_s=round(tokens_per_s, 2),
-        peak_rss_mib=round(peak_rss_mib(), 1),
-        best_step=state.best_step,
-        best_epoch=best_epoch,
-        best_val_loss=state.best_val_loss,
-        base_val_loss=state.base_val_loss,
-        stopped_early=state.stopped_early,
-        val_loss_per_epoch=_per_epoch(state.evaluations),
-        evaluations=state.evaluations,
-        train_loss=[{"step": s, "loss": v} for s, v in state.train_losses],
-        padding_ratio=round(state.padded_tokens / max(1, state.padded_tokens + state.tokens), 4),
-        train_seconds=round(state.train_seconds, 2),
-    )
-    if device.type == "cuda":
-        manifest.metrics["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    manifest.metrics.update(run_metrics(state, best_epoch, device))
     for out in (adapter_dir, curves, output_dir / "split.json"):
         manifest.add_output(out)
     manifest_path = manifest.write(adapter_dir)
     return TrainResult(
         adapter_dir, manifest_path, state.best_step, best_epoch, state.best_val_loss,
-        state.stopped_early, state.evaluations, tokens_per_s,
+        state.stopped_early, state.evaluations, manifest.metrics["tokens_per_s"],
     )
+
+
+def record_evaluation(state: Progress, val: float, steps_per_epoch: int, total_steps: int, patience: int) -> bool:
+    """Log a validation loss and apply early stopping; True when it is the best so far."""
+    state.evaluations.append({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "val_loss": val})
+    if val < state.best_val_loss:
+        state.best_val_loss, state.best_step, state.bad_evals = val, state.step, 0
+        return True
+    state.bad_evals += 1
+    state.stopped_early = state.bad_evals >= patience and state.step < total_steps
+    return False
 
 
 # -- data ------------------------------------------------------------------------------
@@ -455,6 +447,26 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: dict
 # -- reporting -------------------------------------------------------------------------
 
 
+def run_metrics(state: Progress, best_epoch: int, device: torch.device) -> dict[str, Any]:
+    metrics = {
+        "tokens_per_s": round(state.tokens / state.train_seconds, 2) if state.train_seconds else 0.0,
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "best_step": state.best_step,
+        "best_epoch": best_epoch,
+        "best_val_loss": state.best_val_loss,
+        "base_val_loss": state.base_val_loss,
+        "stopped_early": state.stopped_early,
+        "val_loss_per_epoch": _per_epoch(state.evaluations),
+        "evaluations": state.evaluations,
+        "train_loss": [{"step": s, "loss": v} for s, v in state.train_losses],
+        "padding_ratio": round(state.padded_tokens / max(1, state.padded_tokens + state.tokens), 4),
+        "train_seconds": round(state.train_seconds, 2),
+    }
+    if device.type == "cuda":
+        metrics["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return metrics
+
+
 def _progress_bar(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
@@ -470,9 +482,21 @@ def _per_epoch(evaluations: list[dict[str, float]]) -> list[dict[str, float]]:
 
 
 def peak_rss_mib() -> float:
-    """The process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    """The process's peak resident memory.
+
+    Linux: VmHWM, the peak of this process image. getrusage's ru_maxrss is not used there:
+    it keeps the peak of the process that started this one (exec carries it over), so a
+    `train lora` started by a large process would report that one's memory.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)  # macOS reports bytes, Linux KiB
 
 
 def plot_curves(state: Progress, dest: Path) -> None:

@@ -1,0 +1,418 @@
+"""`train eval`: the adapter against the base model zero-shot and the base model's k-shot prompt.
+
+One vLLM engine with LoRA enabled answers every test row three times: the base model
+on the plain prompt, the base model on a k-shot prompt built from training rows (the
+prompting baseline), and the adapter on the plain prompt. Decoding is greedy; for
+classification every contender's answer is constrained to the label set by vLLM's
+guided choice (or, with `constrain=False`, parsed from free generation the same way
+for all three), so no contender loses points to formatting the others are spared.
+
+Prompts are laid out as the training records are (`train.prompts`) and rendered by the
+base model's chat template; every prompt vLLM tokenized is compared with the tokens
+`train lora` would have produced for it, and a mismatch is reported.
+
+vLLM starts worker processes by spawn: call `evaluate` only under `if __name__ == "__main__":`
+or from a CLI entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.atomic import atomic_path, write_text
+from curate.console import console
+from curate.layouts import Mapping
+from curate.manifest import Manifest, content_hash, manifest_path
+from curate.models import ResolvedModel, resolve_llm
+from train import metrics as M
+from train.errors import TrainError
+from train.merge import adapter_folder
+from train.objective import Objective
+from train.prompts import (
+    Example, default_k, detect_task, gold, kshot_prompt, overlap, pick_shots, shared_system, to_examples, with_system,
+)
+
+CONTENDERS = ("base", "kshot", "adapter")
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's max_lora_rank accepts
+JUDGE_SCHEMA = {"type": "object", "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}}, "required": ["winner"]}
+
+
+@dataclass
+class EvalConfig:
+    """Every knob of `train eval`; the CLI flags map onto these fields."""
+
+    model: str | None = None
+    """Base model; None = the one the adapter records. Another base is an error."""
+    k: int | None = None
+    """Shots in the k-shot prompt; None = one per label (at most 8) for classification, 3 otherwise."""
+    task: str = "auto"
+    """classification, exact, free, or auto (classification when every reply is the row's label,
+    exact when replies are five words or fewer, else free text)."""
+    labels: list[str] | None = None
+    """Classification label set; None = the labels of the training rows."""
+    constrain: bool = True
+    """Classification: constrain answers to the label set (guided choice); False parses free answers."""
+    system: str | None = None
+    """System message for every prompt; None = the one every training row shares, if any."""
+    max_tokens: int | None = None
+    """New tokens per answer; None = by task (labels: room for the longest label, exact 64, free 256)."""
+    max_model_len: int = 2048
+    seed: int = 0
+    """Chooses the k-shot examples."""
+    judge: bool = False
+    """Free text: also the base model as judge, k-shot and adapter answers against base answers (win rate)."""
+    metric: str | None = None
+    target: str | None = None
+    """The objective, e.g. metric 'accuracy' and target '+30' (points over k-shot) or '0.8'."""
+
+    def objective(self) -> Objective | None:
+        if (self.metric is None) != (self.target is None):
+            raise TrainError("give both --metric and --target for a verdict, or neither")
+        return Objective.parse(self.metric, self.target) if self.metric else None
+
+
+@dataclass
+class EvalResult:
+    output_dir: Path
+    eval_json: Path
+    predictions: Path
+    confusion_png: Path | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """Everything decided before the engine starts (so that bad input fails fast)."""
+
+    adapter_dir: Path
+    rank: int
+    resolved: ResolvedModel
+    task: str
+    labels: list[str]
+    test: list[Example]
+    shots: list[Example]
+    system: str | None
+    train_source: str
+    overlap: int
+    conversations: dict[str, list[list[dict]]]
+    max_tokens: int
+
+
+def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | None = None, config: EvalConfig | None = None,
+             *, shots_from: str | Path | None = None, mapping: Mapping | None = None, progress: bool = True) -> EvalResult:
+    """Score base zero-shot, base k-shot and the adapter on `test`; write eval.json, predictions, plots, manifest."""
+    from curate.llm import EngineConfig, LLMEngine, SamplingConfig
+
+    config = config or EvalConfig()
+    objective = config.objective()
+    manifest = Manifest(command="train eval", parameters=asdict(config))
+    plan = make_plan(adapter, test, config, shots_from, mapping, manifest)
+    if objective is not None:
+        objective.check_metric(available_metrics(plan.task, config.judge))
+    output_dir = Path(output_dir) if output_dir else plan.adapter_dir.parent / "eval"
+    if plan.overlap:
+        console.print(f"[yellow]warning:[/] {plan.overlap} test rows also occur in the training data: the test set is not held out")
+
+    greedy = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=plan.max_tokens, seed=0)
+    choices = plan.labels if plan.task == M.CLASSIFICATION and config.constrain else None
+    engine_config = EngineConfig(model=str(plan.resolved.path), max_model_len=config.max_model_len, enable_lora=True, max_lora_rank=plan.rank)
+    lora = ("adapter", 1, str(plan.adapter_dir))
+    generations: dict[str, list] = {}
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    with LLMEngine(engine_config) as engine:
+        seconds["engine_start"] = _lap(clock)
+        for name in CONTENDERS:
+            console.print(f"answering {len(plan.test)} test rows: {name}")
+            clock = time.perf_counter()
+            generations[name] = engine.chat(plan.conversations[name], greedy, choices=choices,
+                                            lora=lora if name == "adapter" else None, progress=progress)
+            seconds[name] = _lap(clock)
+        clock = time.perf_counter()
+        judged = judge_against_base(engine, plan, generations) if config.judge and plan.task == M.FREE else {}
+        if judged:
+            seconds["judge"] = _lap(clock)
+        usage = dict(engine.usage)
+
+    mismatched = rendering_mismatches(plan, generations)
+    if mismatched:
+        console.print(f"[yellow]warning:[/] {mismatched} prompts were tokenized differently from training's rendering")
+    predictions = predictions_table(plan, generations, judged)
+    results = {name: contender_metrics(plan, predictions.filter(pl.col("contender") == name)) for name in CONTENDERS}
+    verdict = objective.verdict(results) if objective else None
+
+    report = {
+        "adapter": str(plan.adapter_dir), "model": str(plan.resolved.path), "test": str(test), "task": plan.task,
+        "rows": len(plan.test), "labels": plan.labels if plan.task == M.CLASSIFICATION else None,
+        "answers": answer_mode(plan.task, config.constrain), "decoding": "greedy", "max_tokens": plan.max_tokens,
+        "k": len(plan.shots), "shots": [s.id for s in plan.shots], "shots_from": plan.train_source,
+        "system": plan.system, "test_rows_in_training": plan.overlap, "rendering_mismatches": mismatched,
+        "results": results, "objective": verdict, "usage": usage, "seconds": seconds,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pred_path = output_dir / "predictions.parquet"
+    with atomic_path(pred_path) as tmp:
+        predictions.write_parquet(tmp)
+    png = None
+    if plan.task == M.CLASSIFICATION:
+        from train.report import plot_confusion
+
+        png = plot_confusion({n: results[n]["confusion"] for n in CONTENDERS}, output_dir / "confusion.png")
+    eval_json = output_dir / "eval.json"
+    write_text(eval_json, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    manifest.parameters.update(task=plan.task, k=len(plan.shots), max_tokens=plan.max_tokens, system=plan.system)
+    manifest.counts.update(test_rows=len(plan.test), answers=sum(len(g) for g in generations.values()),
+                           test_rows_in_training=plan.overlap, rendering_mismatches=mismatched)
+    for out in (eval_json, pred_path, png):
+        if out is not None:
+            manifest.add_output(out)
+    manifest.write(eval_json)
+    return EvalResult(output_dir, eval_json, pred_path, png, report)
+
+
+# -- planning (no engine) --------------------------------------------------------------------
+
+
+def make_plan(adapter: str | Path, test: str | Path, config: EvalConfig, shots_from: str | Path | None,
+              mapping: Mapping | None, manifest: Manifest) -> Plan:
+    from curate.readers import read_records
+
+    adapter_dir = adapter_folder(adapter)
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    resolved = check_base(adapter_config.get("base_model_name_or_path"), config.model, adapter_dir)
+    manifest.add_input(adapter_dir)
+    manifest.models.append(resolved.describe())
+
+    test_records = read_records(test, mapping).records
+    manifest.add_input(test)
+    test_rows = examples_of(test_records, f"the test set {test}")
+    train_rows, source = training_rows(adapter_dir, shots_from)
+    manifest.add_input(source)
+
+    task = config.task if config.task != "auto" else detect_task(test_rows)
+    if task not in M.TASKS:
+        raise TrainError(f"unknown task type {task!r}; expected auto or one of {', '.join(M.TASKS)}")
+    labels = config.labels or sorted({e.label for e in train_rows if e.label is not None})
+    if task == M.CLASSIFICATION:
+        if not labels:
+            raise TrainError("classification needs a label set: the training rows have no labels; pass --labels")
+        unknown = sorted({e.label for e in test_rows} - set(labels))
+        if unknown:
+            console.print(f"[yellow]warning:[/] test labels outside the label set count as errors: {', '.join(unknown)}")
+    system = config.system if config.system is not None else shared_system(train_rows)
+    prompts = [with_system(e.prompt, system, override=config.system is not None) for e in test_rows]
+    k = default_k(task, labels) if config.k is None else config.k
+    if k < 0:
+        raise TrainError(f"k must be 0 or more, got {k}")
+    shots = pick_shots(train_rows, k, task, config.seed)
+    conversations = {
+        "base": prompts,
+        "kshot": [kshot_prompt(p, shots, system) for p in prompts],
+        "adapter": prompts,
+    }
+    max_tokens = config.max_tokens or default_max_tokens(task, labels, resolved, config.constrain)
+    check_lengths(resolved, conversations["kshot"], max_tokens, config.max_model_len)
+    return Plan(adapter_dir, lora_slot(int(adapter_config.get("r", 16))), resolved, task, labels if task == M.CLASSIFICATION else [],
+                test_rows, shots, system, str(source), overlap(test_rows, train_rows), conversations, max_tokens)
+
+
+def check_base(recorded: str | None, model: str | None, adapter_dir: Path) -> ResolvedModel:
+    """The base model to serve the adapter on: the recorded one; another one given is an error."""
+    if not recorded:
+        raise TrainError(f"{adapter_dir}/adapter_config.json records no base model (base_model_name_or_path)")
+    if model is None:
+        return resolve_llm(recorded)
+    resolved = resolve_llm(model)
+    recorded_path = Path(recorded).expanduser()
+    same = recorded_path.exists() and recorded_path.resolve() == Path(resolved.path).resolve()
+    if not same and str(resolved.path) != recorded:
+        raise TrainError(
+            f"the adapter in {adapter_dir} was trained on {recorded}, not on {resolved.path}: a LoRA adapter only "
+            "fits the base model it was trained on; leave out --model to use that one"
+        )
+    return resolved
+
+
+def examples_of(records: pl.DataFrame, what: str) -> list[Example]:
+    labels = records["label"].to_list() if "label" in records.columns else [None] * records.height
+    return to_examples(records["id"].to_list(), records["messages"].to_list(), labels, what)
+
+
+def training_rows(adapter_dir: Path, shots_from: str | Path | None) -> tuple[list[Example], Path]:
+    """The rows the k-shot prompt draws from: --shots-from, else the adapter's own training split."""
+    from curate.readers import read_records
+
+    if shots_from is not None:
+        return examples_of(read_records(shots_from).records, f"the shots file {shots_from}"), Path(shots_from)
+    recorded = manifest_path(adapter_dir)
+    hint = "pass --shots-from FILE with training rows for the k-shot prompt"
+    if not recorded.is_file():
+        raise TrainError(f"{adapter_dir} has no training manifest ({recorded.name}) naming its training data; {hint}")
+    inputs = json.loads(recorded.read_text()).get("inputs") or []
+    if not inputs:
+        raise TrainError(f"the adapter was trained on data given in memory, not a file; {hint}")
+    source = Path(inputs[0]["path"])
+    if not source.exists():
+        raise TrainError(f"the adapter's training data {source} is not there any more; {hint}")
+    if inputs[0].get("hash") and content_hash(source) != inputs[0]["hash"]:
+        console.print(f"[yellow]warning:[/] {source} changed since the adapter was trained on it")
+    rows = examples_of(read_records(source).records, f"the training data {source}")
+    split = adapter_dir.parent / "split.json"
+    if split.is_file():  # k-shot draws from the rows the adapter was trained on, not its validation rows
+        keep = set(json.loads(split.read_text())["train"])
+        rows = [e for e in rows if e.id in keep]
+        if not rows:
+            raise TrainError(f"none of the training rows in {split} is in {source} any more; {hint}")
+    return rows, source
+
+
+def default_max_tokens(task: str, labels: list[str], resolved: ResolvedModel, constrain: bool) -> int:
+    """Room for the longest label (constrained: even spelled one character a token), 64 or 256 tokens."""
+    if task == M.CLASSIFICATION:
+        if constrain:
+            return max(len(label) for label in labels) + 4
+        tokenizer = _tokenizer(resolved)
+        return max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels) + 8
+    return 64 if task == M.EXACT else 256
+
+
+def check_lengths(resolved: ResolvedModel, conversations: list[list[dict]], max_tokens: int, max_model_len: int) -> None:
+    longest = max((len(ids) for ids in expected_prompt_ids(resolved, conversations)), default=0)
+    if longest + max_tokens > max_model_len:
+        raise TrainError(
+            f"the longest k-shot prompt is {longest} tokens; with {max_tokens} new tokens it does not fit "
+            f"--max-model-len {max_model_len}: use fewer shots (--k) or a larger --max-model-len"
+        )
+
+
+def expected_prompt_ids(resolved: ResolvedModel, conversations: list[list[dict]]) -> list[list[int]]:
+    """Token ids `train lora` gives a prompt: the chat template with the generation prompt, tokenized as is."""
+    from train.tokenize import render
+
+    tokenizer = _tokenizer(resolved)
+    texts = [render(tokenizer, c, add_generation_prompt=True) for c in conversations]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _tokenizer(resolved: ResolvedModel):
+    from train.lora import load_tokenizer
+
+    key = str(resolved.path)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(resolved)
+    return _TOKENIZERS[key]
+
+
+def lora_slot(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds `rank`."""
+    for slot in LORA_RANKS:
+        if slot >= rank:
+            return slot
+    raise TrainError(f"LoRA rank {rank} is above what vLLM serves ({LORA_RANKS[-1]})")
+
+
+def available_metrics(task: str, judge: bool) -> tuple[str, ...]:
+    names = M.METRICS[task]
+    return tuple(n for n in names if n != "judge_win_rate" or judge)
+
+
+def answer_mode(task: str, constrain: bool) -> str:
+    if task != M.CLASSIFICATION:
+        return "free generation"
+    return "constrained to the label set (guided choice)" if constrain else "free generation, parsed to the first label named"
+
+
+# -- after generation ----------------------------------------------------------------------------
+
+
+def rendering_mismatches(plan: Plan, generations: dict[str, list]) -> int:
+    """Prompts whose tokens in vLLM differ from training's rendering of the same messages."""
+    count = 0
+    for name in CONTENDERS:
+        expected = expected_prompt_ids(plan.resolved, plan.conversations[name])
+        count += sum(g.prompt_token_ids is not None and g.prompt_token_ids != e for g, e in zip(generations[name], expected))
+    return count
+
+
+def predictions_table(plan: Plan, generations: dict[str, list], judged: dict[str, list[float]]) -> pl.DataFrame:
+    """One row per test row and contender: the prompt, gold answer, raw answer, parsed prediction and scores."""
+    rows = []
+    for name in CONTENDERS:
+        for i, (example, gen) in enumerate(zip(plan.test, generations[name])):
+            expected = gold(example, plan.task)
+            raw = gen.text.strip()
+            prediction = M.parse_label(raw, plan.labels) if plan.task == M.CLASSIFICATION else raw
+            row = {
+                "row": i, "id": example.id, "contender": name,
+                "prompt": next((m["content"] for m in reversed(example.prompt) if m["role"] == "user"), ""),
+                "gold": expected, "raw": gen.text, "prediction": prediction,
+                "correct": prediction == expected if plan.task == M.CLASSIFICATION else M.exact_match(expected, prediction) == 1.0,
+                "token_f1": M.token_f1(expected, prediction), "rouge_l": None, "judge": None,
+                "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens, "finish_reason": gen.finish_reason,
+            }
+            rows.append(row)
+    table = pl.DataFrame(rows, schema_overrides={"rouge_l": pl.Float64, "judge": pl.Float64, "prediction": pl.String})
+    if plan.task == M.FREE:
+        table = table.with_columns(pl.Series("rouge_l", M.rouge_l(table["gold"].to_list(), table["prediction"].to_list())))
+        outcomes = [judged.get(name, [None] * len(plan.test))[i] for name, i in zip(table["contender"], table["row"])]
+        table = table.with_columns(pl.Series("judge", outcomes, dtype=pl.Float64))
+    return table
+
+
+def contender_metrics(plan: Plan, rows: pl.DataFrame) -> dict[str, Any]:
+    rows = rows.sort("row")
+    result = M.score(plan.task, rows["gold"].to_list(), rows["prediction"].to_list(), plan.labels)
+    if plan.task == M.FREE and rows["judge"].null_count() == 0:
+        result["judge_win_rate"] = M.win_rate(rows["judge"].to_list())
+    result["rows"] = rows.height
+    return result
+
+
+def judge_against_base(engine, plan: Plan, generations: dict[str, list]) -> dict[str, list[float]]:
+    """For k-shot and adapter: the base model judges each answer against the base model's, in both orders.
+
+    A row scores 1 when the contender wins both orders, 0.5 for a split or ties, 0 when it loses both.
+    """
+    from curate.llm import SamplingConfig
+
+    greedy = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16, seed=0)
+    base = [g.text.strip() for g in generations["base"]]
+    out: dict[str, list[float]] = {}
+    for name in ("kshot", "adapter"):
+        mine = [g.text.strip() for g in generations[name]]
+        first = [judge_prompt(e, a, b) for e, a, b in zip(plan.test, mine, base)]
+        second = [judge_prompt(e, b, a) for e, a, b in zip(plan.test, mine, base)]
+        answers = engine.chat(first + second, greedy, json_schema=JUDGE_SCHEMA)
+        n = len(plan.test)
+        out[name] = [(_points(answers[i].text, "A") + _points(answers[n + i].text, "B")) / 2 for i in range(n)]
+    return out
+
+
+def judge_prompt(example: Example, a: str, b: str) -> list[dict[str, str]]:
+    request = "\n".join(f"{m['role'].upper()}: {m['content']}" for m in example.prompt if m["role"] != "system")
+    return [
+        {"role": "system", "content": "You compare two answers to the same request. Given the reference answer, say which "
+                                      "answer is better: A, B, or tie. Answer in JSON."},
+        {"role": "user", "content": f"{request}\n\nREFERENCE ANSWER:\n{example.answer}\n\nANSWER A:\n{a}\n\nANSWER B:\n{b}"},
+    ]
+
+
+def _lap(start: float) -> float:
+    return round(time.perf_counter() - start, 2)
+
+
+def _points(text: str, mine: str) -> float:
+    try:
+        winner = json.loads(text).get("winner")
+    except (json.JSONDecodeError, AttributeError):
+        winner = None
+    return 1.0 if winner == mine else 0.5 if winner in ("tie", None) else 0.0  # no verdict counts as a tie
