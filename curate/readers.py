@@ -4,6 +4,13 @@ Every reader produces a raw polars table, which `layouts.to_records` maps onto t
 record model. Well-formed files take a fast columnar path; only when that fails is
 a file scanned line by line, to name the exact line and field that are wrong.
 
+JSON Lines larger than one block go in blocks of whole lines (see `_read_jsonl_blocks`):
+worker threads parse the next blocks (pyarrow under the first block's schema, polars
+wherever that would read differently) and map them, while this thread hashes the ids
+of the current one, so that a large file is read on every core and only a few blocks
+of raw data are alive at a time. The records, rejects and errors are those of the
+whole-file reader, line numbers included.
+
 With `on_error="fail"` (the default) the first bad row raises `InputError`. With
 `on_error="skip"` bad rows are left out and returned as `Reject`s, one reason each.
 """
@@ -13,15 +20,22 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+import os
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
 
+from curate import records as _records
 from curate.errors import InputError
-from curate.layouts import Mapping, to_records
+from curate.layouts import Mapping, map_rows, to_records
 
 OnError = Literal["fail", "skip"]
 
@@ -94,26 +108,47 @@ def read_records(
     fmt = detect_format(path)
     if fmt != "hf" and path.stat().st_size == 0:
         raise InputError(path, "the file is empty")
+    mapping = mapping or Mapping()
+    source = source or _source_name(path)
+    if fmt == "jsonl":
+        try:
+            return _read_jsonl_blocks(path, mapping, source, on_error)
+        except _Fallback:
+            pass  # a file only polars' whole-file reader reads as before: read it that way
     reader = _READERS[fmt]
     raw = reader(path, on_error, split) if fmt == "hf" else reader(path, on_error)
     if raw.table.height == 0:
         if raw.rejects:  # every row was rejected before it could be read
             raise _no_valid_records(path, raw.rejects)
         raise InputError(path, "the file holds no records")
-    recs, problems = to_records(raw.table, mapping or Mapping(), source=source or _source_name(path), path=path)
+    recs, problems = to_records(raw.table, mapping, source=source, path=path)
+    return _result(path, on_error, recs, problems, raw.locate, raw.unit, raw.rejects, raw.table.height)
+
+
+def _result(
+    path: Path,
+    on_error: OnError,
+    recs: pl.DataFrame,
+    problems: pl.DataFrame,
+    locate: Callable[[int], int],
+    unit: str,
+    read_rejects: list[Reject],
+    rows_read: int,
+) -> ReadResult:
+    """Fail on the first invalid record, or leave the invalid ones out as rejects."""
     bad = problems["reason"].is_not_null()
-    rejects = list(raw.rejects)
+    rejects = list(read_rejects)
     if bad.any():
         bad_rows = problems.with_row_index("i").filter(bad)
         if on_error == "fail":
             first = bad_rows.row(0, named=True)
-            raise InputError(path, first["reason"], line=raw.locate(first["i"]), field=first["field"], unit=raw.unit)
+            raise InputError(path, first["reason"], line=locate(first["i"]), field=first["field"], unit=unit)
         rejects += [
-            Reject(str(path), raw.locate(r["i"]), r["field"], r["reason"]) for r in bad_rows.iter_rows(named=True)
+            Reject(str(path), locate(r["i"]), r["field"], r["reason"]) for r in bad_rows.iter_rows(named=True)
         ]
         recs = recs.filter(~bad)
         rejects.sort(key=lambda r: r.line or 0)  # in file order, whichever check caught them
-    rows_in = raw.table.height + len(raw.rejects)
+    rows_in = rows_read + len(read_rejects)
     if recs.height == 0:
         raise _no_valid_records(path, rejects)
     return ReadResult(recs, rejects, rows_in)
@@ -143,21 +178,8 @@ def _read_jsonl(path: Path, on_error: OnError) -> _Raw:
 
 
 def _scan_jsonl(path: Path, on_error: OnError) -> _Raw:
-    good: list[bytes] = []
-    lines: list[int] = []
-    rejects: list[Reject] = []
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            reason = _jsonl_line_problem(raw)
-            if reason is None:
-                good.append(raw.rstrip(b"\r\n"))
-                lines.append(lineno)
-                continue
-            if on_error == "fail":
-                raise InputError(path, reason, line=lineno)
-            rejects.append(Reject(str(path), lineno, None, reason))
+        good, lines, rejects = _scan_jsonl_lines(path, fh, 1, on_error)
     if not good:
         return _Raw(pl.DataFrame(), lambda i: lines[i], "line", rejects)
     try:
@@ -165,6 +187,27 @@ def _scan_jsonl(path: Path, on_error: OnError) -> _Raw:
     except Exception as exc:  # every line is an object, but the columns' types disagree
         raise InputError(path, f"rows disagree on a column's type: {exc}") from None
     return _Raw(table, lambda i: lines[i], "line", rejects)
+
+
+def _scan_jsonl_lines(
+    path: Path, lines_in: Iterator[bytes], first_line: int, on_error: OnError
+) -> tuple[list[bytes], list[int], list[Reject]]:
+    """Check JSON Lines one by one: the good lines, their line numbers, and the rejects (or raise at the first bad one)."""
+    good: list[bytes] = []
+    lines: list[int] = []
+    rejects: list[Reject] = []
+    for lineno, raw in enumerate(lines_in, first_line):
+        if not raw.strip():
+            continue
+        reason = _jsonl_line_problem(raw)
+        if reason is None:
+            good.append(raw.rstrip(b"\r\n"))
+            lines.append(lineno)
+            continue
+        if on_error == "fail":
+            raise InputError(path, reason, line=lineno)
+        rejects.append(Reject(str(path), lineno, None, reason))
+    return good, lines, rejects
 
 
 def _jsonl_line_problem(raw: bytes) -> str | None:
@@ -188,10 +231,348 @@ def _lazy_line_index(path: Path) -> Callable[[int], int]:
     def locate(i: int) -> int:
         if not cache:
             with open(path, "rb") as fh:
-                cache.extend(n for n, raw in enumerate(fh, 1) if raw.strip())
+                cache.extend(_row_lines(fh, 1))
         return cache[i]
 
     return locate
+
+
+def _row_lines(lines_in: Iterator[bytes], first_line: int) -> list[int]:
+    """The line number of each row: every line that is not blank."""
+    return [n for n, raw in enumerate(lines_in, first_line) if raw.strip()]
+
+
+# -- JSONL in blocks -----------------------------------------------------------------
+
+# Bytes per block (whole lines; a longer line is a block of its own). A file no larger
+# than one block is read whole. The environment variable sets it, for tests and tuning.
+BLOCK_BYTES_ENV = "SMALLSET_JSONL_BLOCK_BYTES"
+_BLOCK_BYTES = 16 * 1024 * 1024
+
+
+class _Fallback(Exception):
+    """The block reader cannot promise the whole-file reader's result for this file: read it whole."""
+
+
+def _block_bytes() -> int:
+    value = os.environ.get(BLOCK_BYTES_ENV, "")
+    if not value:
+        return _BLOCK_BYTES
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{BLOCK_BYTES_ENV} must be a positive number of bytes, not {value!r}")
+    return int(value)
+
+
+@dataclass
+class _Block:
+    """One block of whole lines of a JSONL file, and what it read to."""
+
+    start: int  # byte offset in the file
+    size: int
+    newlines: int = 0
+    first_line: int = 0  # set in file order, once the blocks before it are counted
+    records: pl.DataFrame | None = None  # ids included once hashed; None: no rows
+    problems: pl.DataFrame | None = None
+    schema: pl.Schema | None = None  # of the raw table
+    meta_json: bool | None = None
+    lines: list[int] | None = None  # the line of each row, once known
+    rejects: tuple[Reject, ...] = ()
+    unparsed: bytes | None = None  # a block that did not parse, for the reader to check line by line
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """The schema to parse a block with: `exact` (the whole file's) or a guess (the first block's).
+
+    A guess is tried with pyarrow's JSON reader, about three times faster than polars'
+    here, told to fail on anything that does not fit the schema exactly (a new key, a
+    value of another type: what polars' inference would widen the schema for); the
+    block then goes to polars, which infers its own. Where pyarrow does read a block
+    under the schema, its values are those polars reads (numbers, escapes, nulls,
+    missing keys). An exact schema is tried with pyarrow too, then given to polars.
+    """
+
+    polars: pl.Schema | None = None
+    arrow: object = None  # a pyarrow schema, or None where pyarrow cannot take this one
+    exact: bool = False
+
+    @classmethod
+    def of(cls, schema: pl.Schema | None, exact: bool = False) -> _Schema:
+        return cls(schema, _arrow_schema(schema) if schema is not None else None, exact)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every block of one read shares."""
+
+    path: Path
+    mapping: Mapping
+    source: str
+    on_error: OnError
+
+
+def _read_jsonl_blocks(path: Path, mapping: Mapping, source: str, on_error: OnError) -> ReadResult:
+    """Read a JSONL file in blocks of whole lines, to what the whole-file reader reads it to.
+
+    The first block is parsed by polars, which infers its schema; worker threads parse
+    the next ones under that schema (see `_Schema`), map them onto the record model
+    and build their canonical content, while this thread hashes the ids in file order.
+    A block that does not parse is checked line by line here, so that a bad line is
+    named (or skipped) with its exact line number. Afterwards:
+
+    - schema drift (a key only in later lines, a column whose type widens): once a
+      block's schema differs from the first rows', the whole file's schema is inferred
+      (a pass much lighter than a parse), the blocks still to come are parsed with it,
+      and those before whose schema differs from it are parsed again with it;
+    - a text `meta` column that holds JSON objects in some blocks only is taken as
+      text everywhere, as the whole column would be.
+
+    Raises `_Fallback` where it cannot promise the whole-file result: a file of one
+    block, a column-level mapping error (whose message names the whole file's
+    columns), skipped lines together with schema drift, a file with no rows.
+    """
+    block_bytes = _block_bytes()
+    if path.stat().st_size <= block_bytes:
+        raise _Fallback
+    job = _Job(path, mapping, source, on_error)
+    workers = max(1, min(pl.thread_pool_size(), 4))
+    blocks: list[_Block] = []
+    line = 1
+
+    def take(block: _Block, canonical: pl.Series | None, schema: _Schema) -> None:
+        nonlocal line
+        block.first_line, line = line, line + block.newlines
+        if block.unparsed is not None:
+            block, canonical = _scan_block(job, block, schema)
+        _hash_block(block, canonical)
+        blocks.append(block)
+
+    parts = _split_blocks(path, block_bytes)
+    first, data = next(parts)
+    take(*_map_block(job, first, data, _Schema(), None), _Schema())
+    del data
+    seen = first.schema if first.records is not None else None  # the schema of the first rows
+    guess = _Schema.of(seen) if seen is not None else _Schema()
+    whole: pl.Schema | None = None  # the whole file's schema, once a block shows that it differs
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque(pool.submit(_map_block, job, *part, guess, None) for part in islice(parts, workers + 1))
+        while pending:
+            block, canonical = pending.popleft().result()
+            take(block, canonical, guess)
+            if block.records is not None and seen is None:  # the first rows come after blank or bad lines
+                seen = block.schema
+                guess = _Schema.of(seen)
+            elif block.records is not None and whole is None and block.schema != seen:
+                # Schema drift: infer the whole file's schema now (a light pass), so that the
+                # blocks still to come are read with it and only those before are read again.
+                whole = _whole_file_schema(path, blocks)
+                guess = _Schema.of(whole, exact=True)
+            part = next(parts, None)
+            if part is not None:
+                pending.append(pool.submit(_map_block, job, *part, guess, None))
+            del block, canonical
+
+    def again(block: _Block, schema: _Schema, meta_json: bool | None) -> None:
+        block, canonical = _map_block(job, block, _block_data(path, block), schema, meta_json)
+        if block.unparsed is not None:
+            block, canonical = _scan_block(job, block, schema, meta_json)
+        _hash_block(block, canonical)
+
+    if whole is not None and any(b.rejects for b in blocks):
+        raise _Fallback  # the whole file's schema is that of its good lines only
+    schema = guess
+    if whole is not None:
+        for block in blocks:
+            if block.records is not None and block.schema != whole:
+                again(block, schema, None)
+    if {b.meta_json for b in blocks if b.records is not None} == {True, False}:
+        for block in blocks:  # the whole column is not all JSON objects: take it as text
+            if block.records is not None and block.meta_json:
+                again(block, schema, False)
+
+    blocks = [b for b in blocks if b.records is not None]
+    if not blocks:
+        raise _Fallback  # nothing but blank or rejected lines: the whole-file reader says which
+    rows = [b.records.height for b in blocks]
+    recs = pl.concat([b.records for b in blocks])
+    problems = pl.concat([b.problems for b in blocks])
+    rejects = [r for b in blocks for r in b.rejects]
+    for b in blocks:
+        b.records = b.problems = None
+    ends = list(accumulate(rows))
+
+    def locate(i: int) -> int:
+        k = bisect_right(ends, i)
+        block = blocks[k]
+        if block.lines is None:
+            block.lines = _row_lines(io.BytesIO(_block_data(path, block)), block.first_line)
+        return block.lines[i - (ends[k] - rows[k])]
+
+    return _result(path, on_error, recs, problems, locate, "line", rejects, sum(rows))
+
+
+def _split_blocks(path: Path, block_bytes: int) -> Iterator[tuple[_Block, bytes]]:
+    """The file as blocks of whole lines, in order, with their bytes."""
+    with open(path, "rb") as fh:
+        start = 0
+        while data := fh.read(block_bytes):
+            if not data.endswith(b"\n"):
+                data += fh.readline()  # up to the end of the line
+            yield _Block(start, len(data)), data
+            start += len(data)
+
+
+def _block_data(path: Path, block: _Block) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(block.start)
+        return fh.read(block.size)
+
+
+def _map_block(
+    job: _Job, block: _Block, data: bytes, schema: _Schema, meta_json: bool | None
+) -> tuple[_Block, pl.Series | None]:
+    """Parse one block and map it (all but the ids); returns it with the canonical content to hash.
+
+    A block that does not parse comes back `unparsed`, for `_scan_block`.
+    """
+    try:
+        raw, block.newlines = _parse_block(data, schema)
+    except Exception:  # a bad line somewhere: the reader finds it, once it knows the block's first line
+        block.newlines, block.unparsed = data.count(b"\n"), data
+        return block, None
+    return _map_raw(job, block, raw, meta_json)
+
+
+def _scan_block(
+    job: _Job, block: _Block, schema: _Schema, meta_json: bool | None = None
+) -> tuple[_Block, pl.Series | None]:
+    """Check an unparsed block line by line: raise at its first bad line, or leave the bad lines out."""
+    data, block.unparsed = block.unparsed, None
+    good, lines, rejects = _scan_jsonl_lines(job.path, io.BytesIO(data), block.first_line, job.on_error)
+    del data
+    block.lines, block.rejects = lines, tuple(rejects)
+    if not good:  # only blank or bad lines
+        block.records = None
+        return block, None
+    if not rejects:
+        raise _Fallback  # every line is an object, yet the block does not parse
+    try:
+        raw, _ = _parse_block(b"\n".join(good), schema)
+    except Exception:
+        raise _Fallback from None
+    return _map_raw(job, block, raw, meta_json)
+
+
+def _map_raw(job: _Job, block: _Block, raw: pl.DataFrame, meta_json: bool | None) -> tuple[_Block, pl.Series | None]:
+    block.schema = raw.schema
+    if raw.height == 0:
+        block.records = None
+        return block, None
+    try:
+        mapped = map_rows(raw, job.mapping, source=job.source, path=job.path, meta_json=meta_json)
+    except InputError:
+        raise _Fallback from None  # a column-level problem: the whole file's columns name it
+    block.records, block.problems, block.meta_json = mapped.records, mapped.problems, mapped.meta_json
+    return block, _records.canonical(mapped.records) if mapped.needs_ids else None
+
+
+def _hash_block(block: _Block, canonical: pl.Series | None) -> None:
+    if canonical is not None:
+        block.records = block.records.with_columns(_records.hash_strings(canonical))
+
+
+def _arrow_schema(schema: pl.Schema):
+    """The pyarrow schema that reads to exactly `schema` in polars, or None."""
+    import pyarrow as pa
+
+    def small(t):  # pyarrow's JSON reader takes no large_* types
+        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return pa.string()
+        if pa.types.is_large_list(t) or pa.types.is_list(t) or pa.types.is_list_view(t):
+            return pa.list_(small(t.value_type))
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, small(f.type)) for f in t])
+        return t
+
+    try:
+        arrow = pl.DataFrame(schema=schema).to_arrow().schema
+        arrow = pa.schema([pa.field(f.name, small(f.type)) for f in arrow])
+        if pl.from_arrow(pa.Table.from_batches([], schema=arrow)).schema != schema:
+            return None
+    except Exception:
+        return None
+    return arrow
+
+
+def _parse_block(data: bytes, schema: _Schema) -> tuple[pl.DataFrame, int]:
+    """The block as a raw table, and the number of newlines in it."""
+    if schema.arrow is not None:
+        parsed = _parse_block_arrow(data, schema)
+        if parsed is not None:
+            return parsed
+    if schema.exact:
+        df = pl.read_ndjson(io.BytesIO(data), schema=schema.polars)
+    else:
+        df = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
+    return df, data.count(b"\n")
+
+
+def _parse_block_arrow(data: bytes, schema: _Schema) -> tuple[pl.DataFrame, int] | None:
+    """The block read by pyarrow under `schema`, or None where polars must decide.
+
+    Where pyarrow is more lenient than polars (a line `null`, two objects on one
+    line, an object over several lines, bytes that are not UTF-8), the block is
+    refused: every line must start with `{`, end with `}` and give one row.
+    """
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        table = pj.read_json(
+            pa.BufferReader(data),
+            read_options=pj.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20)),
+            parse_options=pj.ParseOptions(explicit_schema=schema.arrow, unexpected_field_behavior="error"),
+        )
+        offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)]).validate(full=True)  # UTF-8
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None  # not exactly this schema, or not valid JSON Lines
+    newlines = _one_object_per_line(data, table.num_rows)
+    if newlines is None:
+        return None
+    df = pl.from_arrow(table)
+    return (df, newlines) if df.schema == schema.polars else None
+
+
+def _one_object_per_line(data: bytes, rows: int) -> int | None:
+    """The number of newlines in `data`, if it has `rows` lines that each start with `{` and end with `}` (before an optional CR)."""
+    if not data:
+        return 0 if rows == 0 else None
+    b = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(b == 0x0A)  # where each line's newline is
+    newlines = len(ends)
+    if b[-1] != 0x0A:
+        ends = np.append(ends, len(b))  # a last line without one
+    if len(ends) != rows:
+        return None
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if (starts >= ends).any() or (b[starts] != 0x7B).any():  # a blank line, or one not starting with {
+        return None
+    last = ends - 1
+    last[b[last] == 0x0D] -= 1
+    if (last < starts).any() or (b[last] != 0x7D).any():
+        return None
+    return newlines
+
+
+def _whole_file_schema(path: Path, blocks: list[_Block]) -> pl.Schema:
+    """The schema the whole-file reader infers, for a file whose blocks' schemas differ."""
+    if any(b.rejects for b in blocks):
+        raise _Fallback  # the whole file's schema is that of its good lines only
+    try:
+        return pl.scan_ndjson(path, infer_schema_length=None).collect_schema()
+    except Exception:
+        raise _Fallback from None
 
 
 # -- JSON ----------------------------------------------------------------------------

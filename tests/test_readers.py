@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import polars as pl
 import pytest
 from conftest import chat, write_jsonl
+from polars.testing import assert_frame_equal
 
-from curate import records
+from curate import readers, records
 from curate.errors import InputError
 from curate.layouts import Mapping
 from curate.readers import read_records
@@ -389,3 +391,210 @@ def test_csv_with_multiline_cells_and_blank_lines(tmp_path):
     result = read_records(tmp_path / "ml.csv")
     assert result.rows_in == 2
     assert result.records["messages"].to_list() == [chat("line one\nline two", "a"), chat("plain", "b")]
+
+
+# -- JSONL in blocks -----------------------------------------------------------------
+# A JSONL file larger than one block is read block by block (parsed, mapped and hashed
+# in worker threads); it must read to exactly what the whole-file reader reads it to.
+# A small block size (set through the environment) keeps these files small.
+
+BLOCK = 700  # bytes: every file below spans many blocks
+
+
+def _row(i: int) -> dict:
+    """A varied chat row: system turns, labels, extra columns, whitespace noise, non-ASCII text."""
+    row = {"messages": chat(f"question  {i}\twith ﬁ café" if i % 7 == 0 else f"question {i}", f"answer {i}\n\nok",
+                            system="Be brief." if i % 3 == 0 else None)}
+    if i % 4 == 0:
+        row["label"] = f"class{i % 5}"
+    row["topic"] = ["support", "math", "code"][i % 3]
+    row["difficulty"] = i % 5
+    return row
+
+
+def _lines(rows: list) -> bytes:
+    return b"".join(r if isinstance(r, bytes) else json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rows)
+
+
+def _whole(monkeypatch, path, **kw):
+    """What the whole-file reader reads (no block is smaller than the file)."""
+    monkeypatch.setenv(readers.BLOCK_BYTES_ENV, str(10**12))
+    return read_records(path, **kw)
+
+
+def _in_blocks(monkeypatch, path, mapping=None, **kw):
+    """Read by the block reader itself: a fallback to the whole-file reader would raise here."""
+    monkeypatch.setenv(readers.BLOCK_BYTES_ENV, str(BLOCK))
+    return readers._read_jsonl_blocks(path, mapping or Mapping(), readers._source_name(path), kw.get("on_error", "fail"))
+
+
+def _assert_same(a, b) -> None:
+    assert_frame_equal(a.records, b.records)  # ids, every column, row order
+    assert a.rejects == b.rejects
+    assert a.rows_in == b.rows_in
+
+
+def test_jsonl_in_blocks_reads_to_the_same_records_as_the_whole_file(tmp_path, monkeypatch):
+    path = tmp_path / "chats.jsonl"
+    path.write_bytes(_lines([_row(i) for i in range(300)]))
+    assert path.stat().st_size > 20 * BLOCK
+    blocks = _in_blocks(monkeypatch, path)
+    _assert_same(blocks, _whole(monkeypatch, path))
+    assert blocks.records.height == 300 and blocks.records["id"].n_unique() == 300
+    assert blocks.records["messages"][0].to_list() == chat("question  0\twith ﬁ café", "answer 0\n\nok", system="Be brief.")
+    # read_records takes the block path for a file larger than one block
+    _assert_same(read_records(path), blocks)
+
+
+def test_jsonl_in_blocks_with_blank_lines_crlf_and_no_final_newline(tmp_path, monkeypatch):
+    rows = [_row(i) for i in range(120)]
+    data = b"".join(
+        json.dumps(r).encode() + (b"\r\n" if i % 2 else b"\n") + (b"\n   \n" if i % 17 == 0 else b"") for i, r in enumerate(rows)
+    )
+    path = tmp_path / "messy.jsonl"
+    path.write_bytes(data.rstrip(b"\r\n"))
+    _assert_same(_in_blocks(monkeypatch, path), _whole(monkeypatch, path))
+
+
+def _late_lines(tmp_path, late: dict[int, bytes | dict], rows: int = 200):
+    """A file of good rows with some lines replaced (line number -> content)."""
+    path = tmp_path / "late.jsonl"
+    path.write_bytes(_lines([late.get(n, _row(n)) for n in range(1, rows + 1)]))
+    return path
+
+
+@pytest.mark.parametrize("bad,reason", [
+    (b'{"messages": [{"role": "user", "content": "unterminated\n', "invalid JSON"),
+    (b'{"messages": [], "topic": "caf\xe9"}\n', "invalid UTF-8"),
+    (b"null\n", "expected a JSON object"),  # pyarrow alone would read these three as rows
+    (b'{"topic": "a"} {"topic": "b"}\n', "invalid JSON"),
+    (b'{"topic": "a", \n', "invalid JSON"),
+])
+def test_a_bad_line_in_a_late_block_is_named_exactly(tmp_path, monkeypatch, bad, reason):
+    path = _late_lines(tmp_path, {187: bad})
+    with pytest.raises(InputError, match=reason) as err:
+        _in_blocks(monkeypatch, path)
+    assert err.value.line == 187
+    with pytest.raises(InputError, match=reason) as whole:
+        _whole(monkeypatch, path)
+    assert str(err.value) == str(whole.value)
+
+
+def test_skip_rejects_exactly_the_bad_lines_of_late_blocks(tmp_path, monkeypatch):
+    late = {
+        95: b"not json\n",
+        150: {"messages": [{"role": "user", "content": "no answer"}]},
+        151: b'{"messages": [], "topic": "caf\xe9"}\n',
+        190: b"[1, 2]\n",
+        199: {"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]},
+    }
+    path = _late_lines(tmp_path, late)
+    blocks = _in_blocks(monkeypatch, path, on_error="skip")
+    _assert_same(blocks, _whole(monkeypatch, path, on_error="skip"))
+    assert [(r.line, r.field) for r in blocks.rejects] == [(95, None), (150, "messages"), (151, None), (190, None), (199, "messages")]
+    assert blocks.rows_in == 200 and blocks.records.height == 195
+
+
+def test_a_record_problem_in_a_late_block_names_its_line_after_blank_lines(tmp_path, monkeypatch):
+    rows = [_lines([_row(i)]) + (b"\n" if i % 10 == 0 else b"") for i in range(1, 200)]
+    rows[170] = _lines([{"messages": [{"role": "user", "content": "no answer"}]}])
+    path = tmp_path / "late.jsonl"
+    path.write_bytes(b"".join(rows))
+    line = b"".join(rows[:170]).count(b"\n") + 1
+    with pytest.raises(InputError, match="no assistant turn") as err:
+        _in_blocks(monkeypatch, path)
+    assert (err.value.line, err.value.field) == (line, "messages")
+    with pytest.raises(InputError) as whole:
+        _whole(monkeypatch, path)
+    assert whole.value.line == line
+
+
+@pytest.mark.parametrize("drift", [
+    "key_only_late", "int_then_float", "int_then_string", "label_null_early", "struct_fields_late", "meta_text_late",
+])
+def test_schema_drift_across_blocks_reads_like_the_whole_file(tmp_path, monkeypatch, drift):
+    def row(i: int) -> dict:
+        r = _row(i)
+        late = i >= 150
+        if drift == "key_only_late" and late:
+            r["reviewer"] = f"ann{i}"
+        elif drift == "int_then_float" and late:
+            r["difficulty"] = i / 7
+        elif drift == "int_then_string" and late:
+            r["difficulty"] = "hard"
+        elif drift == "label_null_early":
+            r["label"] = "late" if late else None
+        elif drift == "struct_fields_late":
+            r["extra"] = {"a": i, **({"b": [i], "c": {"d": True}} if late else {})}
+        elif drift == "meta_text_late":
+            r = {"messages": r["messages"], "meta": "plain words" if late else json.dumps({"n": i})}
+        return r
+
+    path = tmp_path / "drift.jsonl"
+    path.write_bytes(_lines([row(i) for i in range(200)]))
+    blocks = _in_blocks(monkeypatch, path)
+    whole = _whole(monkeypatch, path)
+    _assert_same(blocks, whole)
+    early, late = _meta(whole.records)[0], _meta(whole.records)[-1]
+    labels = whole.records["label"].to_list()
+    expected = {  # what the whole-file reader makes of it, to show that the drift was there to handle
+        "key_only_late": lambda: (early["reviewer"], late["reviewer"]) == (None, "ann199"),
+        "int_then_float": lambda: (early["difficulty"], late["difficulty"]) == (0.0, 199 / 7),
+        "int_then_string": lambda: (early["difficulty"], late["difficulty"]) == ("0", "hard"),
+        "label_null_early": lambda: labels == [None] * 150 + ["late"] * 50,
+        "struct_fields_late": lambda: (early["extra"], late["extra"]) == (
+            {"a": 0, "b": None, "c": None}, {"a": 199, "b": [199], "c": {"d": True}}),
+        "meta_text_late": lambda: (early, late) == ({"meta": '{"n": 0}'}, {"meta": "plain words"}),
+    }
+    assert expected[drift](), (early, late)
+
+
+@pytest.mark.parametrize("lines", [
+    [b'{"topic": "a", "difficulty": 1}', b'{"topic": "b"}'],
+    [b'{"topic": "a", "difficulty": 1}', b"null"],
+    [b'{"topic": "a", "difficulty": 1}{"topic": "b"}', b'{"topic": "c"}'],
+    [b'{"topic": "a",', b'"difficulty": 1}'],
+    [b'{"topic": "caf\xe9", "difficulty": 1}', b'{"topic": "b"}'],
+    [b'{"topic": "a", "difficulty": 1.5}', b'{"topic": "b"}'],
+    [b'{"topic": "a", "difficulty": 1, "new": 2}', b'{"topic": "b"}'],
+])
+def test_pyarrow_reads_a_block_only_where_polars_reads_it_the_same(lines):
+    """The fast parser takes a block only when polars would read it to the same table under the same schema."""
+    schema = readers._Schema.of(pl.Schema({"topic": pl.String, "difficulty": pl.Int64}))
+    data = b"\n".join(lines) + b"\n"
+    parsed = readers._parse_block_arrow(data, schema)
+    try:
+        expected = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
+    except Exception:
+        expected = None  # polars refuses the block: so must pyarrow
+    if parsed is None:
+        assert expected is None or expected.schema != schema.polars
+    else:
+        assert_frame_equal(parsed[0], expected)
+        assert parsed[1] == 2  # newlines
+    assert (parsed is not None) == (lines[0] == b'{"topic": "a", "difficulty": 1}' and lines[1] == b'{"topic": "b"}')
+
+
+def test_skip_with_a_first_block_of_bad_and_blank_lines(tmp_path, monkeypatch):
+    head = [b"oops\n", b"\n"] * 60 + [b"[1]\n"]
+    path = tmp_path / "late_start.jsonl"
+    path.write_bytes(b"".join(head) + _lines([_row(i) for i in range(150)]))
+    blocks = _in_blocks(monkeypatch, path, on_error="skip")
+    _assert_same(blocks, _whole(monkeypatch, path, on_error="skip"))
+    assert [r.line for r in blocks.rejects] == [*range(1, 121, 2), 121]
+    assert blocks.records.height == 150
+
+
+def test_skipped_lines_with_schema_drift_read_like_the_whole_file(tmp_path, monkeypatch):
+    """The whole file's schema is that of its good lines only: the block reader leaves it to the whole-file reader."""
+    rows = [_row(i) for i in range(200)] + [{**_row(200), "reviewer": "ann"}]
+    rows[40] = b"not json\n"
+    path = tmp_path / "drift_and_bad.jsonl"
+    path.write_bytes(_lines(rows))
+    with pytest.raises(readers._Fallback):
+        _in_blocks(monkeypatch, path, on_error="skip")
+    monkeypatch.setenv(readers.BLOCK_BYTES_ENV, str(BLOCK))
+    result = read_records(path, on_error="skip")
+    _assert_same(result, _whole(monkeypatch, path, on_error="skip"))
+    assert [r.line for r in result.rejects] == [41]
+    assert _meta(result.records)[-1]["reviewer"] == "ann" and _meta(result.records)[0]["reviewer"] is None
