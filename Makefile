@@ -7,7 +7,7 @@ PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.smallset-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench browser clean
 
 setup: $(STAMP)
 
@@ -30,26 +30,23 @@ $(STAMP): pyproject.toml Makefile
 	$(VENV)/bin/curate review setup
 	touch $@
 
-# The main job on bundled defaults, until the recipe runner lands: real tickets plus
-# synthetic ones from the default teacher (vLLM), deduplicated, decontaminated against
-# the hand-written held-out set, scored by the judge, selected, and reported.
-DEMO := runs/demo
+# The main job: the support-ticket recipe (recipes/support_tickets.yaml) from the objective
+# to the verdict: real and synthetic tickets, curation, borderline tickets pushed to the
+# local Argilla server, a LoRA adapter, its evaluation, and runs/support-tickets/report.html.
 demo: setup
-	$(VENV)/bin/curate ingest recipes/examples/support_tickets.csv --map text=body --map label=category -o $(DEMO)/real.parquet
-	$(VENV)/bin/synth generate recipes/tasks/support_tickets.yaml -n 48 -o $(DEMO)/synth.parquet
-	$(VENV)/bin/curate ingest $(DEMO)/real.parquet $(DEMO)/synth.parquet -o $(DEMO)/all.parquet
-	$(VENV)/bin/curate dedup $(DEMO)/all.parquet --method exact --method near --method semantic -o $(DEMO)/dedup.parquet
-	$(VENV)/bin/curate decontaminate $(DEMO)/dedup.parquet --against recipes/examples/support_tickets_test.jsonl -o $(DEMO)/clean.parquet
-	$(VENV)/bin/curate score $(DEMO)/clean.parquet --judge --labels billing,technical,account,shipping -o $(DEMO)/scored.parquet
-	$(VENV)/bin/curate select $(DEMO)/scored.parquet --size 40 --score-column judge_score -o $(DEMO)/selected.parquet
-	$(VENV)/bin/curate report $(DEMO)/selected.parquet -o $(DEMO)/report.html
-	@echo "report: $(DEMO)/report.html"
+	$(VENV)/bin/smallset run recipes/support_tickets.yaml
 
-test: setup
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The UI and report tests drive Debian's chromium headless (Playwright's own download cannot run here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
 
 bench: setup
 	$(PY) benchmarks/io.py
+	$(PY) -c 'import trl' 2>/dev/null || $(PIP) install -q -e '.[bench]'
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -143,6 +143,23 @@ def _pick_layout(mapping: Mapping, columns: list[str], path: Path | str | None) 
     )
 
 
+@dataclass
+class Mapped:
+    """A raw table mapped onto the record model, all but the ids.
+
+    `records` has the core columns in order; unless `needs_ids` is false (the input
+    was already a record set, whose ids are kept), its `id` column is a placeholder
+    that `records.with_ids` (or `records.hash_strings` of `records.canonical`) fills.
+    `meta_json` says whether a text `meta` column was taken as JSON objects as is
+    (None when the input has no such column to decide on).
+    """
+
+    records: pl.DataFrame
+    problems: pl.DataFrame
+    needs_ids: bool
+    meta_json: bool | None = None
+
+
 def to_records(
     raw: pl.DataFrame, mapping: Mapping, *, source: str, path: Path | str | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -152,8 +169,28 @@ def to_records(
     the `field` and `reason` that make it an invalid record (both null when it is
     valid). Column-level problems raise `InputError` at once.
     """
+    mapped = map_rows(raw, mapping, source=source, path=path)
+    recs = records.with_ids(mapped.records) if mapped.needs_ids else mapped.records
+    return recs, mapped.problems
+
+
+def map_rows(
+    raw: pl.DataFrame,
+    mapping: Mapping,
+    *,
+    source: str,
+    path: Path | str | None = None,
+    meta_json: bool | None = None,
+) -> Mapped:
+    """`to_records` without the ids: every other column, and the problems table.
+
+    Row by row, so that a table read in blocks maps block by block to the same
+    rows as the whole table would (given the same schema and the same `meta_json`).
+    `meta_json` forces the one decision that looks at a whole column: whether a text
+    `meta` column holds JSON objects (None: decide from `raw`).
+    """
     if records.is_record_set(raw) and mapping.layout is None and not mapping.columns:
-        return records.order_columns(raw), _problems(raw, None)
+        return Mapped(records.order_columns(raw), _problems(raw, None), needs_ids=False)
     layout, cols = resolve(mapping, raw.columns, path)
     used = set(cols.values())
     messages = _MESSAGE_BUILDERS[layout.name](raw, cols, path)
@@ -163,35 +200,41 @@ def to_records(
         used.add("source")
     else:
         src = pl.lit(source)
-    meta = _meta(raw, used)
+    meta, meta_json = _meta(raw, used, meta_json)
     out = raw.select(
-        messages.alias("messages"), label.alias("label"), src.alias("source"), meta.alias("meta")
+        pl.lit("").alias("id"), messages.alias("messages"), label.alias("label"), src.alias("source"), meta.alias("meta")
     )
-    out = records.order_columns(records.with_ids(out.with_columns(pl.lit("").alias("id"))))
-    return out, _problems(out, raw.select(_missing_value_exprs(layout, cols)))
+    return Mapped(out, _problems(out, raw.select(_missing_value_exprs(layout, cols))), needs_ids=True, meta_json=meta_json)
 
 
-def _meta(raw: pl.DataFrame, used: set[str]) -> pl.Expr:
+def _meta(raw: pl.DataFrame, used: set[str], meta_json: bool | None = None) -> tuple[pl.Expr, bool | None]:
     """Every column no field uses, as one JSON object per row.
 
     A `meta` object column (as smallset's own JSONL writes it) is flattened into
     that object, and an `id` column is kept unless the input is a smallset
-    dataset, whose ids are recomputed from the content anyway.
+    dataset, whose ids are recomputed from the content anyway. The flag says
+    whether a text `meta` column, the only other column left, was taken as the
+    JSON objects it holds (None: there was no such decision to make); a flag given
+    makes that decision instead of the column's values.
     """
     ours = {"id", "messages", "source"} <= set(raw.columns)
     extras = [c for c in raw.columns if c not in used and c != "meta" and not (ours and c == "id")]
     parts = [pl.col(c) for c in extras]
+    decide = meta_json
+    meta_json = None
     if "meta" in raw.columns and "meta" not in used:
         dtype = raw.schema["meta"]
+        if dtype == pl.String and not extras:
+            meta_json = _holds_json_objects(raw["meta"]) if decide is None else decide
         if isinstance(dtype, pl.Struct):
             inner = [f.name for f in dtype.fields]
             parts = [pl.col(c).alias(f"input_{c}") if c in inner else pl.col(c) for c in extras]
             parts += [pl.col("meta").struct.field(name) for name in inner]
-        elif not (dtype == pl.String and not extras and _holds_json_objects(raw["meta"])):
+        elif not meta_json:
             parts.append(pl.col("meta"))  # plain text (or a value of any other type): kept under its name
         else:
-            return pl.col("meta").fill_null("{}")
-    return pl.struct(parts).struct.json_encode() if parts else pl.lit("{}")
+            return pl.col("meta").fill_null("{}"), meta_json
+    return (pl.struct(parts).struct.json_encode() if parts else pl.lit("{}")), meta_json
 
 
 def _holds_json_objects(values: pl.Series) -> bool:

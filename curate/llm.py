@@ -30,11 +30,15 @@ class SamplingConfig:
     max_tokens: int = 256
     seed: int = 0
 
-    def to_vllm(self, json_schema: dict | None = None):
+    def to_vllm(self, json_schema: dict | None = None, choices: list[str] | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        structured = StructuredOutputsParams(json=json_schema) if json_schema is not None else None
+        structured = None
+        if json_schema is not None:
+            structured = StructuredOutputsParams(json=json_schema)
+        elif choices is not None:
+            structured = StructuredOutputsParams(choice=list(choices))
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                               seed=self.seed, structured_outputs=structured)
 
@@ -60,6 +64,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+    prompt_token_ids: list[int] | None = None
+    """The prompt as the engine tokenized it (in-process engine only): lets a caller check the rendering."""
 
 
 class LLMEngine:
@@ -93,20 +99,21 @@ class LLMEngine:
 
     def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig | list[SamplingConfig] | None = None,
              json_schema: dict | list[dict] | None = None, lora: tuple[str, int, str] | None = None,
-             progress: bool = False) -> list[Generation]:
+             progress: bool = False, choices: list[str] | None = None) -> list[Generation]:
         """Generate one reply per conversation, in order.
 
         `sampling` may be one config for all or one per conversation (per-sample seeds
         make a resumed run reproduce what an uninterrupted one would have).
         `json_schema` constrains every reply to valid JSON of that schema (or one schema per conversation).
         `lora` is (name, integer id, adapter folder) to answer with an adapter.
+        `choices` constrains every reply to exactly one of these strings (vLLM's guided choice).
         """
         n = len(conversations)
         samplings = sampling if isinstance(sampling, list) else [sampling or SamplingConfig()] * n
         schemas = json_schema if isinstance(json_schema, list) else [json_schema] * n
         if len(samplings) != n or len(schemas) != n:
             raise ValueError("give one sampling config and one schema per conversation, or one for all")
-        params = [s.to_vllm(schema) for s, schema in zip(samplings, schemas)]
+        params = [s.to_vllm(schema, None if schema is not None else choices) for s, schema in zip(samplings, schemas)]
         request = None
         if lora is not None:
             from vllm.lora.request import LoRARequest
@@ -117,7 +124,7 @@ class LLMEngine:
         for out in outputs:
             completion = out.outputs[0]
             result.append(Generation(completion.text, len(out.prompt_token_ids or []), len(completion.token_ids),
-                                     completion.finish_reason))
+                                     completion.finish_reason, list(out.prompt_token_ids or [])))
         self.usage["prompt_tokens"] += sum(g.prompt_tokens for g in result)
         self.usage["completion_tokens"] += sum(g.completion_tokens for g in result)
         self.usage["requests"] += len(result)

@@ -90,23 +90,24 @@ def with_ids(df: pl.DataFrame) -> pl.DataFrame:
     slices' canonical strings, and their Python copies, are alive at a time.
     """
     if df.height <= _ID_SLICE:
-        return df.with_columns(hash_strings(_canonical(df)))
+        return df.with_columns(hash_strings(canonical(df)))
     workers = max(1, min(pl.thread_pool_size(), 4))
     starts = iter(range(0, df.height, _ID_SLICE))
     ids = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = deque(pool.submit(_canonical, df.slice(start, _ID_SLICE)) for start in islice(starts, workers))
+        pending = deque(pool.submit(canonical, df.slice(start, _ID_SLICE)) for start in islice(starts, workers))
         while pending:
             current = pending.popleft().result()
             start = next(starts, None)
             if start is not None:
-                pending.append(pool.submit(_canonical, df.slice(start, _ID_SLICE)))
+                pending.append(pool.submit(canonical, df.slice(start, _ID_SLICE)))
             ids.append(hash_strings(current))
             del current
     return df.with_columns(pl.concat(ids, rechunk=True))
 
 
-def _canonical(df: pl.DataFrame) -> pl.Series:
+def canonical(df: pl.DataFrame) -> pl.Series:
+    """The canonical content of each row (`canonical_content` of `messages` and `label`), named `id`: what the id hashes."""
     return df.select(canonical_content(pl.col("messages"), pl.col("label")).alias("id")).to_series()
 
 

@@ -24,6 +24,12 @@ TOP_CLUSTERS = 5
 
 
 def build_report(dataset: str | Path, title: str | None = None) -> str:
+    body = "\n".join(curation_sections(dataset))
+    return page(title or f"Curation report: {Path(dataset).name}", body)
+
+
+def curation_sections(dataset: str | Path) -> list[str]:
+    """The report's sections (HTML) for `dataset`: funnel, drops, labels, lengths, scores, clusters."""
     chain = steps(dataset)
     if not chain:
         raise InputError(dataset, "no manifest beside this dataset: it was not written by a curate command")
@@ -37,9 +43,12 @@ def build_report(dataset: str | Path, title: str | None = None) -> str:
         _scores(final),
         _clusters(chain),
     ]
-    body = "\n".join(s for s in sections if s)
-    name = title or f"Curation report: {Path(dataset).name}"
-    return _PAGE.format(title=html.escape(name), body=body, version=__version__)
+    return [s for s in sections if s]
+
+
+def page(title: str, body: str) -> str:
+    """A standalone HTML page in the reports' style."""
+    return _PAGE.format(title=html.escape(title), body=body, version=__version__)
 
 
 def write_report(dataset: str | Path, output: str | Path, title: str | None = None) -> Path:
@@ -47,13 +56,13 @@ def write_report(dataset: str | Path, output: str | Path, title: str | None = No
     return Path(output)
 
 
-def _table(header: list[str], rows: list[list[object]]) -> str:
+def table(header: list[str], rows: list[list[object]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _img(uri: str, alt: str) -> str:
+def img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}">'
 
 
@@ -68,7 +77,7 @@ def _text(record: dict | None, width: int = 300) -> str:
 
 
 def _funnel(chain: list[Step]) -> str:
-    names, rows, table = [], [], []
+    names, rows, lines = [], [], []
     first_in = chain[0].manifest.get("counts", {}).get("in")
     if first_in is not None:
         names.append("input")
@@ -77,10 +86,10 @@ def _funnel(chain: list[Step]) -> str:
         counts = step.manifest.get("counts", {})
         names.append(f"{step.command.split()[-1]} ({step.output.name})")
         rows.append(counts.get("out", 0))
-        table.append([step.command, step.output.name, counts.get("in", ""), counts.get("out", ""),
+        lines.append([step.command, step.output.name, counts.get("in", ""), counts.get("out", ""),
                       counts.get("dropped", counts.get("rejected", 0)), f"{step.manifest.get('wall_time_s', 0):.1f} s"])
-    return ("<h2>Funnel</h2>" + _img(plots.funnel(names, rows), "rows after each step")
-            + _table(["step", "output", "rows in", "rows out", "dropped", "wall time"], table))
+    return ("<h2>Funnel</h2>" + img(plots.funnel(names, rows), "rows after each step")
+            + table(["step", "output", "rows in", "rows out", "dropped", "wall time"], lines))
 
 
 def _drops(chain: list[Step]) -> str:
@@ -99,11 +108,11 @@ def _drops(chain: list[Step]) -> str:
                 dup = by_id.get(drop["duplicate_of"]) if drop["duplicate_of"] else None
                 rows.append([_text(by_id.get(drop["id"])), drop["detail"] or "", _text(dup) if dup else ""])
             parts.append(f"<h3>{html.escape(step.command)}: {html.escape(reason)} ({group.height} rows)</h3>"
-                         + _table(["example", "why", "matches"], rows))
+                         + table(["example", "why", "matches"], rows))
     if not reasons_all:
         return "<h2>Drops by reason</h2><p>No row was dropped.</p>"
     chart = plots.bars(list(reasons_all), {"rows": list(reasons_all.values())})
-    return "<h2>Drops by reason</h2>" + _img(chart, "drops by reason") + "".join(parts)
+    return "<h2>Drops by reason</h2>" + img(chart, "drops by reason") + "".join(parts)
 
 
 def _labels(first: pl.DataFrame, final: pl.DataFrame) -> str:
@@ -115,7 +124,7 @@ def _labels(first: pl.DataFrame, final: pl.DataFrame) -> str:
     chart = plots.bars([str(k) for k in labels], {"before": [before.get(k, 0) for k in labels],
                                                   "after": [after.get(k, 0) for k in labels]}, xlabel="label")
     rows = [[k, before.get(k, 0), after.get(k, 0)] for k in labels]
-    return "<h2>Labels before and after</h2>" + _img(chart, "label distribution") + _table(["label", "before", "after"], rows)
+    return "<h2>Labels before and after</h2>" + img(chart, "label distribution") + table(["label", "before", "after"], rows)
 
 
 def _length(df: pl.DataFrame) -> list[int]:
@@ -124,14 +133,14 @@ def _length(df: pl.DataFrame) -> list[int]:
 
 def _lengths(first: pl.DataFrame, final: pl.DataFrame) -> str:
     chart = plots.histograms({"before": _length(first), "after": _length(final)}, "characters per conversation")
-    return "<h2>Lengths</h2>" + _img(chart, "length histogram")
+    return "<h2>Lengths</h2>" + img(chart, "length histogram")
 
 
 def _scores(final: pl.DataFrame) -> str:
     numeric = [c for c, t in final.schema.items() if c not in CORE_COLUMNS and t.is_numeric() and final[c].null_count() < final.height]
     if not numeric:
         return ""
-    parts = [f"<h3>{html.escape(c)}</h3>" + _img(plots.histograms({c: final[c].drop_nulls().to_list()}, c), c) for c in numeric]
+    parts = [f"<h3>{html.escape(c)}</h3>" + img(plots.histograms({c: final[c].drop_nulls().to_list()}, c), c) for c in numeric]
     return "<h2>Scores and measures (kept rows)</h2>" + "".join(parts)
 
 
@@ -146,7 +155,7 @@ def _clusters(chain: list[Step]) -> str:
         top = drops.group_by("duplicate_of").agg(pl.len().alias("n"), pl.col("id").head(2), pl.col("reason").first()).sort("n", descending=True).head(TOP_CLUSTERS)
         rows = [[r["n"] + 1, r["reason"], _text(by_id.get(r["duplicate_of"]), 160), " | ".join(_text(by_id.get(i), 120) for i in r["id"])]
                 for r in top.iter_rows(named=True)]
-        parts.append(f"<h3>{html.escape(step.command)}</h3>" + _table(["cluster size", "method", "kept row", "dropped examples"], rows))
+        parts.append(f"<h3>{html.escape(step.command)}</h3>" + table(["cluster size", "method", "kept row", "dropped examples"], rows))
     return "<h2>Largest duplicate clusters</h2>" + "".join(parts) if parts else ""
 
 

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from curate.errors import InputError
+from curate.yaml_files import read_yaml
 
 STRATEGIES = ("taxonomy", "self_instruct", "evolve")
 FIELD_TYPES = {"string", "integer", "number", "boolean"}
@@ -94,15 +94,7 @@ class TaskSpec:
 
 def load_task(path: str | Path) -> TaskSpec:
     """Read and validate a task YAML file."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such task file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        raise InputError(path, f"invalid YAML: {exc}", line=None if line is None else line + 1) from None
-    return parse_task(data, path)
+    return parse_task(read_yaml(path, "task"), Path(path))
 
 
 def parse_task(data: Any, path: str | Path | None = None) -> TaskSpec:

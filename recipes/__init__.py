@@ -1,0 +1,7 @@
+"""Recipes: one YAML file from the objective to the verdict, and the runner that executes it.
+
+`spec` reads and validates a recipe, `stages` turns it into commands of `curate`, `synth`
+and `train` (the one place that knows all three), `runner` executes them with caching and
+resume, `review_stage` hands rows to people in Argilla, and `report` writes the run report.
+The bundled recipes sit beside this file; their data is in `examples/` and `tasks/`.
+"""

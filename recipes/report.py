@@ -1,0 +1,186 @@
+"""The run report: one HTML page, objective and verdict first, then how the data got there.
+
+Built only from the files the stages wrote (run.json, manifests, drops tables, the
+review summary, the adapter's curves, eval.json), so it can be rebuilt at any time and
+mailed as it is: plots are embedded PNGs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate import plots
+from curate.atomic import write_text
+from curate.readers import read_records
+from curate.report import curation_sections, img, page, table
+
+
+def write_run_report(ctx, output: Path) -> Path:
+    """Write the report of the run in `ctx` (a `recipes.runner.Context`) to `output`."""
+    recipe, run_dir = ctx.recipe, ctx.run_dir
+    by_name = {s.name: s for s in ctx.stages}
+    evaluation = _json(run_dir / "eval" / "eval.json")
+    sections = [
+        _objective(recipe, evaluation),
+        _stages(ctx),
+        _sources(run_dir, by_name),
+    ]
+    curated = by_name["review"].output if "review" in by_name else _last_curated(ctx)
+    if curated is not None and curated.exists():
+        sections += curation_sections(curated)
+    sections += [_review(run_dir), _training(run_dir), _evaluation(run_dir, evaluation)]
+    body = "\n".join(s for s in sections if s)
+    write_text(output, page(f"Run report: {recipe.name}", body))
+    return output
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _last_curated(ctx) -> Path | None:
+    names = [s.name for s in ctx.stages]
+    cut = names.index("train") if "train" in names else len(names)
+    return ctx.stages[cut - 1].output if cut else None
+
+
+def _png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _verdict(evaluation: dict[str, Any] | None) -> tuple[str, str]:
+    verdict = (evaluation or {}).get("objective")
+    if not verdict:
+        return "pending", "no evaluation yet"
+    text = str(verdict.get("text") or "")
+    for prefix in ("PASS: ", "FAIL: "):
+        text = text.removeprefix(prefix)
+    return ("pass" if verdict.get("passed") else "fail"), text
+
+
+def _objective(recipe, evaluation: dict[str, Any] | None) -> str:
+    obj = recipe.objective
+    target = (f"{obj.metric} at least {obj.target.value:g} points above {obj.target.over.replace('_', '-')}"
+              if obj.target.over else f"{obj.metric} at least {obj.target.value:g}")
+    status, summary = _verdict(evaluation)
+    colour = {"pass": "#2a7d2a", "fail": "#b22222"}.get(status, "#777")
+    desc = f"<p>{html.escape(recipe.description)}</p>" if recipe.description else ""
+    return (f"<h2>Objective and verdict</h2>{desc}"
+            f"<p><b>Task:</b> {html.escape(obj.task)}. <b>Target:</b> {html.escape(target)}.</p>"
+            f'<p id="verdict" style="font-size:1.4em;color:{colour}"><b>Verdict: {status.upper()}</b> '
+            f"{html.escape(summary)}</p>")
+
+
+def _manifests(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.manifest.json"))] if folder.exists() else []
+
+
+def _tokens(manifests: list[dict[str, Any]]) -> int:
+    total = 0
+    for m in manifests:
+        usage = m.get("parameters", {}).get("usage") or m.get("metrics", {}).get("usage") or {}
+        total += int(usage.get("prompt_tokens", 0) or 0) + int(usage.get("completion_tokens", 0) or 0)
+        total += int(m.get("counts", {}).get("tokens_trained", 0) or 0)
+    return total
+
+
+def _stages(ctx) -> str:
+    rows, names, seconds = [], [], []
+    for stage in ctx.stages:
+        entry = ctx.state["stages"].get(stage.name, {})
+        if stage.name == "report":
+            entry = {**entry, "status": "done"}  # this page is its output
+        tokens = _tokens(_manifests(stage.folder)) if stage.folder != ctx.run_dir else 0
+        rows.append([stage.name, stage.what, entry.get("status", "not run"), f"{entry.get('seconds', 0):.1f}",
+                     f"{tokens:,}" if tokens else ""])
+        names.append(stage.name)
+        seconds.append(entry.get("seconds", 0))
+    chart = plots.bars(names, {"seconds": seconds}, ylabel="seconds")
+    return ("<h2>Stages: time and tokens</h2>" + img(chart, "seconds per stage")
+            + table(["stage", "what", "status", "seconds", "tokens (LLM in+out, or trained)"], rows))
+
+
+def _sources(run_dir: Path, by_name: dict) -> str:
+    rows, section = [], ""
+    for name in ("real", "synth"):
+        stage = by_name.get(name)
+        if stage is None or not stage.output.exists():
+            continue
+        m = _stage_manifest(stage.output)
+        counts = m.get("counts", {})
+        rows.append([name, counts.get("out", ""), counts.get("unparsable", ""), counts.get("privacy_dropped", "")])
+        if name == "synth":
+            params = m.get("parameters", {})
+            found = ", ".join(f"{k}: {v}" for k, v in sorted((params.get("privacy") or {}).items())) or "nothing found"
+            section = (f"<p>Privacy guard: {'on' if params.get('privacy_guard') else 'off'}"
+                       f"{'. ' + html.escape(found) if params.get('privacy_guard') else ''}.</p>")
+    section = "<h2>Real and synthetic examples</h2>" + table(
+        ["source", "rows", "unparsable", "dropped by the privacy guard"], rows) + section
+    review = by_name.get("review")
+    if review is not None and review.output.exists():
+        df = read_records(review.output).records
+        synthetic = int(df["source"].str.starts_with("synth:").sum())
+        section += f"<p>Training set after review: {df.height} rows, {synthetic} synthetic, {df.height - synthetic} real.</p>"
+    return section
+
+
+def _stage_manifest(output: Path) -> dict[str, Any]:
+    from curate.manifest import manifest_path
+
+    return _json(manifest_path(output)) or {}
+
+
+def _review(run_dir: Path) -> str:
+    summary = _json(run_dir / "review" / "review.json")
+    if not summary:
+        return ""
+    outcomes = summary.get("outcomes", {})
+    rows = [[k, v] for k, v in outcomes.items()]
+    parts = [f"<h2>Review</h2><p>Argilla dataset <b>{html.escape(str(summary.get('dataset')))}</b> at "
+             f"{html.escape(str(summary.get('url', '')))}: {summary.get('routed', 0)} rows routed to people.</p>",
+             table(["outcome", "rows"], rows)]
+    agreement = summary.get("agreement")
+    if agreement:
+        parts.append("<h3>Agreement between annotators</h3>" + table(
+            ["question", "records", "pairs agreeing", "Krippendorff's alpha"],
+            [[a["question"], a["units"], "-" if a.get("pairwise") is None else f"{a['pairwise']:.0%}",
+              f"{a['alpha']:.3f}" if a.get("alpha") is not None else f"- ({a.get('note') or 'n/a'})"]
+             for a in agreement]))
+    return "".join(parts)
+
+
+def _training(run_dir: Path) -> str:
+    curves = run_dir / "train" / "curves.png"
+    manifests = _manifests(run_dir / "train")
+    if not curves.exists() and not manifests:
+        return ""
+    metrics = manifests[0].get("metrics", {}) if manifests else {}
+    counts = manifests[0].get("counts", {}) if manifests else {}
+    facts = [["train rows", counts.get("train_rows", "")], ["validation rows", counts.get("validation_rows", "")],
+             ["best epoch", metrics.get("best_epoch", "")], ["best validation loss", metrics.get("best_val_loss", "")],
+             ["base model validation loss", metrics.get("base_val_loss", "")],
+             ["stopped early", metrics.get("stopped_early", "")], ["tokens/s", metrics.get("tokens_per_s", "")]]
+    return ("<h2>Training</h2>" + (img(_png(curves), "training curves") if curves.exists() else "")
+            + table(["", ""], facts))
+
+
+def _evaluation(run_dir: Path, evaluation: dict[str, Any] | None) -> str:
+    if not evaluation:
+        return ""
+    results = evaluation.get("metrics") or evaluation.get("results") or {}
+    names = sorted({k for v in results.values() if isinstance(v, dict) for k, x in v.items() if isinstance(x, (int, float))})
+    rows = [[who, *(_fmt(vals.get(n)) for n in names)] for who, vals in results.items() if isinstance(vals, dict)]
+    section = "<h2>Evaluation on the held-out test set</h2>" + table(["contender", *names], rows)
+    for png in sorted((run_dir / "eval").glob("*.png")):
+        section += img(_png(png), png.stem)
+    return section
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "" if value is None else str(value)

@@ -1,0 +1,173 @@
+"""Run a recipe stage by stage, skipping what is already done and resuming what was cut off.
+
+The run folder holds one subfolder per stage and `run.json`, the state: each stage's key
+(see `recipes.stages.Stage.key`), status and timings. A stage whose key and output are
+unchanged is skipped; a stage that was interrupted runs again in place, and the commands
+that can resume (synth's journal, `train lora --resume`) continue where they stopped; a
+stage whose key changed starts from an empty folder. `run.json` is written atomically
+after every change, so a kill at any moment leaves a state the next run understands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from curate.atomic import write_text
+from curate.console import console
+from curate.errors import SmallsetError
+from recipes.spec import Recipe
+from recipes.stages import Stage, plan
+
+STATE_FILE = "run.json"
+
+
+class RunError(SmallsetError):
+    """A stage failed; the message names it and how to continue."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    """'done', or 'waiting' when the run stopped for people to review."""
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass
+class Context:
+    """What a stage the runner performs itself (review, report) gets to work with."""
+
+    recipe: Recipe
+    run_dir: Path
+    stages: list[Stage]
+    state: dict[str, Any]
+    say: Callable[[str], None]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def load_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        return {"stages": {}}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _save(run_dir: Path, state: dict[str, Any]) -> None:
+    write_text(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{run_dir} is in use by another run of this recipe") from None
+        yield
+
+
+def run_recipe(recipe: Recipe, run_dir: Path, *, from_stage: str | None = None,
+               say: Callable[[str], None] | None = None) -> RunResult:
+    """Run every stage of `recipe` that is not already done with the same inputs."""
+    say = say or (lambda m: console.print(m, highlight=False))
+    stages = plan(recipe, run_dir)
+    names = [s.name for s in stages]
+    if from_stage is not None and from_stage not in names:
+        raise RunError(f"--from {from_stage}: this recipe's stages are {', '.join(names)}")
+    with _locked(run_dir):
+        state = load_state(run_dir)
+        state["recipe"] = str(recipe.path)
+        if from_stage is not None:
+            for name in names[names.index(from_stage):]:
+                state["stages"].pop(name, None)
+        result = RunResult(run_dir, "done")
+        ctx = Context(recipe, run_dir, stages, state, say)
+        for n, stage in enumerate(stages, 1):
+            key = stage.key(run_dir)
+            entry = state["stages"].get(stage.name)
+            head = f"[bold]\\[{n}/{len(stages)}] {stage.name}[/bold]: {stage.what}"
+            if is_fresh(stage, entry, key):
+                say(f"{head} [dim](done, skipped)[/dim]")
+                result.skipped.append(stage.name)
+                continue
+            resuming = bool(entry) and entry.get("key") == key
+            if not resuming and stage.folder.exists() and stage.folder != run_dir:
+                shutil.rmtree(stage.folder)  # its inputs changed: nothing in it is valid any more
+            say(f"{head}{' [dim](resuming)[/dim]' if resuming else ''}")
+            entry = {"key": key, "status": "running", "started_at": _now(),
+                     "seconds": entry.get("seconds", 0.0) if resuming else 0.0}
+            state["stages"][stage.name] = entry
+            _save(run_dir, state)
+            t0 = time.perf_counter()
+            try:
+                outcome = _perform(stage, ctx, resuming)
+            finally:
+                entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 2)
+                _save(run_dir, state)
+            result.ran.append(stage.name)
+            if outcome is not None:  # the stage waits for people
+                entry["status"] = "waiting"
+                _save(run_dir, state)
+                result.status, result.message = "waiting", outcome
+                return result
+            entry.update(status="done", finished_at=_now())
+            _save(run_dir, state)
+        return result
+
+
+def is_fresh(stage: Stage, entry: dict | None, key: str) -> bool:
+    """Done with the same inputs, its output still there, and (review) no decision still pending."""
+    return (bool(entry) and entry.get("status") == "done" and entry.get("key") == key
+            and stage.output.exists() and not entry.get("pending"))
+
+
+def _perform(stage: Stage, ctx: Context, resuming: bool) -> str | None:
+    """Run one stage; a string back means 'stop here and tell the user this'."""
+    stage.folder.mkdir(parents=True, exist_ok=True)
+    if stage.name == "review":
+        from recipes.review_stage import review
+
+        return review(stage, ctx)
+    if stage.name == "report":
+        from recipes.report import write_run_report
+
+        write_run_report(ctx, stage.output)
+        return None
+    for cmd in stage.commands:
+        if stage.name == "train" and resuming and (stage.output / "checkpoints" / "last").exists():
+            cmd = [*cmd, "--resume"]
+        run_command(cmd, stage.name)
+    return None
+
+
+def run_command(cmd: list[str], stage: str) -> None:
+    """One command, its output on the terminal; it dies with the runner (no orphan keeps writing)."""
+    from curate.review.server import _child_setup
+
+    proc = subprocess.Popen(cmd, preexec_fn=_child_setup)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)  # the child got the same Ctrl-C; let it save its progress
+        raise
+    if code != 0:
+        shown = " ".join(Path(cmd[0]).name if i == 0 else a for i, a in enumerate(cmd))
+        raise RunError(f"stage '{stage}' failed: `{shown}` exited with {code}; fix the cause and run again "
+                       "(finished stages are kept)")

@@ -1,0 +1,178 @@
+"""The recipe file: one YAML from the objective to the verdict, validated before anything runs.
+
+A recipe names its objective first (task type, metric, target), because the metric is
+chosen before any data is collected. The stage sections (`curate`, `review`, `train`,
+`eval`) hold the options of the commands they run, written as in the CLI without the
+dashes (`score-column: judge_score`). They are checked against those commands' own
+options, so the recipe and `--help` can never disagree, and a typo fails with the key's
+path before the first stage starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from curate.errors import InputError
+from curate.yaml_files import read_yaml
+
+TASKS = ("classification", "exact", "free_text")
+METRICS = {
+    "classification": ("accuracy", "macro_f1"),
+    "exact": ("exact_match", "token_f1"),
+    "free_text": ("rouge_l",),
+}
+CURATE_STEPS = ("dedup", "decontaminate", "filter", "score", "select")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Target(_Strict):
+    """What counts as success: an absolute value, or points over a baseline (`over: k_shot`)."""
+
+    value: float
+    """Absolute metric value (0-1), or with `over`, the margin in points (0-100)."""
+    over: Literal["base", "k_shot"] | None = None
+
+
+class Objective(_Strict):
+    task: Literal["classification", "exact", "free_text"]
+    metric: str
+    target: Target
+    labels: list[str] | None = None
+    """Classification: the label set, in the order the confusion matrix shows it."""
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _number_is_absolute(cls, value: Any) -> Any:
+        return {"value": value} if isinstance(value, (int, float)) else value
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> Objective:
+        if self.metric not in METRICS[self.task]:
+            raise ValueError(f"metric '{self.metric}' does not fit task '{self.task}'; choose one of {list(METRICS[self.task])}")
+        if self.task == "classification" and not self.labels:
+            raise ValueError("a classification objective lists its labels")
+        return self
+
+
+class RealSource(_Strict):
+    """A file of real examples, read by `curate ingest` (`map` and `layout` as its options)."""
+
+    path: Path
+    map: dict[str, str] = Field(default_factory=dict)
+    layout: str | None = None
+    source: str | None = None
+
+
+class SynthSource(_Strict):
+    """Synthetic examples from a task spec (`synth generate` and its options)."""
+
+    task: Path
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Data(_Strict):
+    real: list[RealSource] = Field(default_factory=list)
+    synth: SynthSource | None = None
+    test: Path
+    """The held-out test set, written independently of the training data: the verdict is measured on it,
+    and every training row that overlaps it is removed."""
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> Data:
+        if not self.real and self.synth is None:
+            raise ValueError("name at least one source: `real` files or a `synth` task")
+        return self
+
+
+class Review(_Strict):
+    """Which rows people review in Argilla, and whether the run waits for them.
+
+    `wait: true` stops the run after the push with instructions; the next run pulls the
+    decisions and goes on. `wait: false` trains now on the rows that were not routed to
+    review (they passed the routing policy's confidence band) plus every decision already
+    made, and picks up later decisions on the next run.
+    """
+
+    dataset: str | None = None
+    """Argilla dataset name (default: the recipe's name)."""
+    wait: bool = False
+    push: dict[str, Any] = Field(default_factory=dict)
+    """Options of `curate review push` (routing policy, score band, overlap...)."""
+    workspace: Path | None = None
+    """Folder of the local review server (default: RUN/review-server); ignored with ARGILLA_API_URL."""
+    port: int | None = None
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    objective: Objective
+    data: Data
+    curate: list[dict[str, dict[str, Any]]] = Field(default_factory=list)
+    """Ordered curation steps, each `{step: {option: value}}` with step in CURATE_STEPS."""
+    review: Review | None = None
+    train: dict[str, Any] = Field(default_factory=dict)
+    """Options of `train lora`."""
+    eval: dict[str, Any] = Field(default_factory=dict)
+    """Options of `train eval`."""
+
+    path: Path = Field(default=Path("recipe.yaml"), exclude=True)
+
+    @field_validator("curate", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValueError("a list of steps, e.g. `- dedup: {method: [exact, near]}`")
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                item = {item: {}}
+            if not isinstance(item, dict) or len(item) != 1:
+                raise ValueError(f"step {i}: one step name mapped to its options, e.g. `- select: {{size: 40}}`")
+            (step, options), = item.items()
+            if step not in CURATE_STEPS:
+                raise ValueError(f"step {i}: unknown step '{step}'; known: {', '.join(CURATE_STEPS)}")
+            out.append({step: options or {}})
+        return out
+
+    def resolve(self, relative: Path | str) -> Path:
+        """A path from the recipe, relative to the recipe file's folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p)
+
+    @property
+    def review_dataset(self) -> str:
+        return (self.review.dataset if self.review else None) or self.name
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and validate a recipe; every error names the file and the key's path."""
+    path = Path(path)
+    raw = read_yaml(path, "recipe")
+    if not isinstance(raw, dict):
+        raise InputError(path, "a recipe is a YAML mapping (name, objective, data, ...)")
+    try:
+        recipe = Recipe.model_validate({**raw, "path": path})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise InputError(path, f"{err['msg']}{more}", field=key) from None
+    _check_files(recipe)
+    return recipe
+
+
+def _check_files(recipe: Recipe) -> None:
+    files = [(f"data.real.{i}.path", s.path) for i, s in enumerate(recipe.data.real)]
+    files.append(("data.test", recipe.data.test))
+    if recipe.data.synth:
+        files.append(("data.synth.task", recipe.data.synth.task))
+    for key, rel in files:
+        if not recipe.resolve(rel).exists():
+            raise InputError(recipe.path, f"{recipe.resolve(rel)} does not exist", field=key)

@@ -1,0 +1,100 @@
+"""Recipes: validation before anything runs, stage planning and caching keys, the bundled recipes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from curate.errors import InputError
+from recipes.spec import load_recipe
+from recipes.stages import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def write_recipe(tmp_path: Path, recipe: dict) -> Path:
+    """A recipe built from `recipe`, with a copy of the bundled example data beside it."""
+    if not (tmp_path / "examples").exists():
+        shutil.copytree(ROOT / "recipes" / "examples", tmp_path / "examples")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def base_recipe(**overrides) -> dict:
+    recipe = yaml.safe_load((ROOT / "recipes" / "bring_your_own.yaml").read_text())
+    recipe.update(overrides)
+    return recipe
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
+def test_bundled_recipes_are_valid_and_plan_every_stage(path, tmp_path):
+    recipe = load_recipe(path)
+    stages = plan(recipe, tmp_path)
+    names = [s.name for s in stages]
+    assert names[-3:] == ["train", "eval", "report"]
+    assert ("synth" in names) == (recipe.data.synth is not None)
+    assert ("review" in names) == (recipe.review is not None)
+    decon = next(s for s in stages if s.name == "decontaminate")
+    assert str(recipe.resolve(recipe.data.test)) in decon.commands[0]  # always against the held-out set
+
+
+@pytest.mark.parametrize(
+    "change, field, words",
+    [
+        ({"curate": [{"dedup": {"methd": ["exact"]}}]}, "curate.0.dedup.methd", "has no option 'methd'"),
+        ({"curate": [{"select": {"size": "many"}}]}, "curate.0.select.size", "not a valid integer"),
+        ({"curate": [{"sort": {}}]}, "curate", "unknown step 'sort'"),
+        ({"curate": [{"decontaminate": {"against": "x.jsonl"}}]}, "curate.0.decontaminate.against", "set by the recipe runner"),
+        ({"train": {"epochs": "three"}}, "train.epochs", "not a valid integer"),
+        ({"train": {"resume": True}}, "train.resume", "set by the recipe runner"),
+        ({"objective": {"task": "classification", "metric": "rouge_l", "labels": ["a"], "target": 0.5}},
+         "objective", "does not fit task"),
+        ({"objective": {"task": "classification", "metric": "accuracy", "target": 0.5}}, "objective", "lists its labels"),
+        ({"data": {"test": "examples/support_tickets_test.jsonl"}}, "data", "at least one source"),
+        ({"data": {"real": [{"path": "examples/nope.jsonl"}], "test": "examples/support_tickets_test.jsonl"}},
+         "data.real.0.path", "does not exist"),
+        ({"trian": {}}, "trian", "Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_recipe_fails_before_anything_runs_naming_the_key(tmp_path, change, field, words):
+    path = write_recipe(tmp_path, base_recipe(**change))
+    with pytest.raises(InputError) as err:
+        plan(load_recipe(path), tmp_path / "run")
+    assert err.value.field == field
+    assert words in err.value.reason
+    assert str(path) in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\nobjective: [unclosed\n")
+    with pytest.raises(InputError) as err:
+        load_recipe(path)
+    assert err.value.line is not None and err.value.line >= 2
+
+
+def test_stage_keys_follow_the_content_of_inputs_and_the_options(tmp_path):
+    path = write_recipe(tmp_path, base_recipe())
+    first = {s.name: s.key(tmp_path / "run") for s in plan(load_recipe(path), tmp_path / "run")}
+    again = {s.name: s.key(tmp_path / "run") for s in plan(load_recipe(path), tmp_path / "run")}
+    assert first == again
+    # another run folder: same keys (paths inside the run folder do not count)
+    elsewhere = {s.name: s.key(tmp_path / "other") for s in plan(load_recipe(path), tmp_path / "other")}
+    assert elsewhere == first
+    # an option of one step changes that step's key only (later ones change through its output)
+    changed = base_recipe()
+    changed["curate"][-1]["select"]["size"] = 20
+    keys = {s.name: s.key(tmp_path / "run") for s in plan(load_recipe(write_recipe(tmp_path, changed)), tmp_path / "run")}
+    assert keys["select"] != first["select"]
+    assert all(keys[n] == first[n] for n in ("real", "merge", "dedup", "decontaminate", "filter"))
+    # the raw data's content changes the first stage's key
+    export = tmp_path / "examples" / "helpdesk_export.jsonl"
+    export.write_text(export.read_text() + export.read_text().splitlines()[0] + "\n")
+    keys = {s.name: s.key(tmp_path / "run") for s in plan(load_recipe(write_recipe(tmp_path, base_recipe())), tmp_path / "run")}
+    assert keys["real"] != first["real"]
