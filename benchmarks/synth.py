@@ -75,7 +75,8 @@ def main() -> None:
     path = str(engine.model.path)
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # as the engine runs (curate.llm)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     hf_tokens, start = 0, time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(chats), args.hf_batch):
@@ -84,7 +85,7 @@ def main() -> None:
             gen = model.generate(**enc, max_new_tokens=args.max_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
             new = gen[:, enc["input_ids"].shape[1]:]
             hf_tokens += int((new != (tok.pad_token_id or tok.eos_token_id)).sum())
-    rows.append((f"transformers generate (batch {args.hf_batch}, bf16)", hf_tokens, time.perf_counter() - start, None))
+    rows.append((f"transformers generate (batch {args.hf_batch}, {str(dtype).removeprefix('torch.')})", hf_tokens, time.perf_counter() - start, None))
 
     table = Table(title=f"{args.prompts} prompts x {args.max_tokens} new tokens, SmolLM2-135M, CPU")
     for col in ("contender", "output tokens", "seconds", "tokens/s", "parsed"):
