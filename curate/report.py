@@ -16,7 +16,7 @@ from curate import __version__, plots
 from curate.atomic import write_text
 from curate.errors import InputError
 from curate.lineage import Step, steps
-from curate.readers import read_records
+from curate.readers import FORMATS, read_records
 from curate.records import CORE_COLUMNS
 
 EXAMPLES_PER_REASON = 3
@@ -92,14 +92,23 @@ def _funnel(chain: list[Step]) -> str:
             + table(["step", "output", "rows in", "rows out", "dropped", "wall time"], lines))
 
 
+def _input_rows(step: Step) -> dict[str, dict]:
+    """The rows a step read, by id, to show what it dropped. Inputs that are not datasets (the
+    task spec of `synth generate`, whose dropped samples were never in any file) give none."""
+    frames = [read_records(p).records for p in step.inputs
+              if p.exists() and (p.is_dir() or p.suffix.lower() in FORMATS)]
+    if not frames:
+        return {}
+    return {r["id"]: r for r in pl.concat(frames, how="diagonal_relaxed").iter_rows(named=True)}
+
+
 def _drops(chain: list[Step]) -> str:
     parts, reasons_all = [], {}
     for step in chain:
         drops = step.drops
         if drops.height == 0:
             continue
-        inputs = pl.concat([read_records(p).records for p in step.inputs if p.exists()], how="diagonal_relaxed")
-        by_id = {r["id"]: r for r in inputs.iter_rows(named=True)}
+        by_id = _input_rows(step)
         for reason, group in drops.group_by("reason", maintain_order=True):
             reason = reason[0]
             reasons_all[f"{step.command.split()[-1]}: {reason}"] = group.height
@@ -150,8 +159,7 @@ def _clusters(chain: list[Step]) -> str:
         drops = step.drops.filter(pl.col("reason").str.ends_with("_duplicate"))
         if drops.height == 0:
             continue
-        inputs = pl.concat([read_records(p).records for p in step.inputs if p.exists()], how="diagonal_relaxed")
-        by_id = {r["id"]: r for r in inputs.iter_rows(named=True)}
+        by_id = _input_rows(step)
         top = drops.group_by("duplicate_of").agg(pl.len().alias("n"), pl.col("id").head(2), pl.col("reason").first()).sort("n", descending=True).head(TOP_CLUSTERS)
         rows = [[r["n"] + 1, r["reason"], _text(by_id.get(r["duplicate_of"]), 160), " | ".join(_text(by_id.get(i), 120) for i in r["id"])]
                 for r in top.iter_rows(named=True)]

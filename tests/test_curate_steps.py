@@ -151,6 +151,20 @@ def test_report_renders_every_section(corpus):
     assert "exact_duplicate" in page and "not_selected" in page
 
 
+def test_report_shows_drops_of_a_step_that_read_a_task_spec(corpus, tmp_path):
+    # `synth generate` reads a YAML task spec and drops unparsable samples: the report must show
+    # the drops without trying to read the spec as data (the bundled recipe's report failed so).
+    from curate.lineage import Step
+    from curate.report import _input_rows
+
+    spec = tmp_path / "task.yaml"
+    spec.write_text("name: t\n")
+    step = Step("synth generate", tmp_path / "synth.parquet", [spec, corpus["dir"] / "raw.parquet"], {})
+    rows = _input_rows(step)
+    assert set(rows) == set(pl.read_parquet(corpus["dir"] / "raw.parquet")["id"])
+    assert _input_rows(Step("synth generate", tmp_path / "synth.parquet", [spec], {})) == {}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
