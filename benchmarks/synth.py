@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+# This file is named like the `synth` package: put the repository first, ahead of benchmarks/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
