@@ -43,8 +43,8 @@ from curate.review.server import ReviewServer, free_port
 from curate.writers import write_records
 from conftest import run_curate_many
 
-rg = pytest.importorskip("argilla")
-from argilla._models._record._response import UserResponseModel  # noqa: E402 (after the importorskip)
+import argilla as rg  # noqa: E402
+from argilla._models._record._response import UserResponseModel  # noqa: E402
 
 LABELS = ("account", "billing", "bug")
 SCORES = (1.0, 2.5, 3.0, 3.5, 4.0, 5.0, 2.0, 3.2, 4.5, 1.5)

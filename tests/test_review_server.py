@@ -25,7 +25,7 @@ import pytest
 
 from curate.review.server import ReviewServer, ReviewServerError, free_port
 
-rg = pytest.importorskip("argilla")
+import argilla as rg  # noqa: E402
 
 TEXTS = [
     ("I want a refund for my broken headphones", "forum", 8),

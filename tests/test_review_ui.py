@@ -24,9 +24,10 @@ from curate.records import CORE_SCHEMA, order_columns, with_ids
 from curate.review.server import ReviewServer, free_port
 from curate.writers import write_records
 
-sync_api = pytest.importorskip("playwright.sync_api")
+from playwright import sync_api
+
+# `make test` installs Debian's chromium (the `browser` target): a missing browser is a broken set-up, not a skip.
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
@@ -73,6 +74,7 @@ def pushed(tmp_path_factory):
 
 def test_annotator_filters_and_corrects_in_the_browser(pushed):
     root, url = pushed["root"], pushed["url"]
+    assert CHROMIUM, "Debian's chromium is not installed: run `make browser` (`make test` does)"
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
