@@ -84,15 +84,9 @@ class LLMEngine:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        cuda = _has_cuda()
-        if not cuda:
-            # vLLM's CPU backend keeps a core for its front end unless told otherwise; on a 2-core
-            # laptop that halves decoding (32.5 -> 19 tok/s measured), and the front end mostly waits.
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        cuda, dtype, eager = device_settings(self.config.dtype, self.config.enforce_eager)
         from vllm import LLM
 
-        dtype = self.config.dtype or ("bfloat16" if cuda else "float32")
-        eager = self.config.enforce_eager if self.config.enforce_eager is not None else not cuda
         kwargs: dict[str, Any] = {"model": str(self.model.path), "max_model_len": self.config.max_model_len,
                                   "dtype": dtype, "seed": 0, "enforce_eager": eager}
         if self.config.enable_lora:
@@ -160,6 +154,20 @@ class LLMEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def device_settings(dtype: str | None = None, enforce_eager: bool | None = None) -> tuple[bool, str, bool]:
+    """(CUDA present, dtype, eager) with EngineConfig's device defaults filled in for what is None.
+
+    On a CPU it also lets vLLM decode on every core: its CPU backend keeps one for the front end
+    unless told otherwise, which on a 2-core laptop halves decoding (32.5 -> 19 tok/s measured)
+    while the front end mostly waits. The in-process engine and `synth serve` both start here.
+    """
+    cuda = _has_cuda()
+    if not cuda:
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    dtype = dtype or ("bfloat16" if cuda else "float32")
+    return cuda, dtype, enforce_eager if enforce_eager is not None else not cuda
 
 
 def _has_cuda() -> bool:

@@ -153,13 +153,13 @@ def serve(model: str | None, host: str, port: int, max_model_len: int, vllm_args
             raise click.ClickException(f"port {port} on {host} is already in use; choose another with --port")
     resolved = resolve_llm(model)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    from curate.llm import _has_cuda
+    from curate.llm import device_settings
 
-    if not _has_cuda():  # the same CPU settings as the in-process engine (see curate.llm.EngineConfig)
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    cuda, dtype, eager = device_settings()
+    if not cuda:  # the in-process engine's CPU settings, unless given after `--`
         given = " ".join(vllm_args)
-        vllm_args = [*([] if "--dtype" in given else ["--dtype", "float32"]),
-                     *([] if "--enforce-eager" in given else ["--enforce-eager"]), *vllm_args]
+        vllm_args = [*([] if "--dtype" in given else ["--dtype", dtype]),
+                     *([] if "--enforce-eager" in given or not eager else ["--enforce-eager"]), *vllm_args]
     console.print(f"serving {resolved.path} ({resolved.source}) on http://{host}:{port}/v1 as model 'teacher'")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(resolved.path),
            "--served-model-name", "teacher", "--host", host, "--port", str(port),
