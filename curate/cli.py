@@ -15,6 +15,7 @@ from curate.dedup.clusters import KEEP_POLICIES
 from curate.drops import write_drops
 from curate.errors import InputError
 from curate.explain import explain as explain_row
+from curate.label_check import METHODS as LABEL_CHECK_METHODS
 from curate.layouts import LAYOUTS, Mapping
 from curate.manifest import Manifest
 from curate.models import resolve_embedder, resolve_llm
@@ -98,6 +99,16 @@ def _save(manifest: Manifest, output: Path, kept: pl.DataFrame, drops: pl.DataFr
     manifest.write(output)
     summary = ", ".join(f"{v} {k}" for k, v in by_reason.items()) or "none"
     console.print(f"[green]kept[/] {kept.height} of {rows_in} rows -> {output}; dropped: {summary} (see {drops_file.name})")
+
+
+def _run_step(manifest: Manifest, input: Path, output: Path, step) -> None:
+    """Load INPUT, run `step(records)` (a result with kept and drops), save; a ValueError names INPUT."""
+    records = _load(input, manifest)
+    try:
+        result = step(records)
+    except ValueError as exc:
+        raise InputError(input, str(exc)) from None
+    _save(manifest, output, result.kept, result.drops, records.height)
 
 
 def _unit_interval(name: str):
@@ -291,6 +302,44 @@ def decontaminate(input: Path, against: tuple[Path, ...], output: Path, ngram: i
     _save(manifest, output, result.kept, result.drops, records.height)
 
 
+@main.command(name="check-labels")
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Kept rows: .parquet or .jsonl.")
+@click.option("--trusted", metavar="CONDITION",
+              help="Polars SQL condition for rows whose labels are true, e.g. \"source = 'tickets'\": "
+                   "the check learns from them and drops only other rows. [default: none, all rows out-of-fold]")
+@click.option("--method", type=click.Choice(LABEL_CHECK_METHODS), default=LABEL_CHECK_METHODS[0], show_default=True,
+              help="cleanlab filter_by: how contradicted a label must be; predicted_neq_given is the strictest.")
+@click.option("--min-quality", type=float, callback=_unit_interval("--min-quality"),
+              help="Also drop checked rows whose own label's predicted probability is below this (off-task rows).")
+@click.option("--fields", default="system,user", show_default=True, help="Text the label is predicted from.")
+@click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds for out-of-fold probabilities.")
+@click.option("--embedder", help="Embedding model spec (default: packaged all-MiniLM-L6-v2).")
+def check_labels(input: Path, output: Path, trusted: str | None, method: str, min_quality: float | None, fields: str,
+                 folds: int, embedder: str | None) -> None:
+    """Drop rows whose label their text contradicts (confident learning with cleanlab).
+
+    A logistic regression on sentence embeddings predicts every row's label; cleanlab
+    flags the rows whose given label the predictions contradict. Kept rows gain
+    label_quality, the predicted probability of their own label.
+
+    \b
+    Example (generated rows held to what the real, hand-labelled rows say):
+      curate check-labels all.parquet --trusted "source = 'tickets'" --min-quality 0.5 -o checked.parquet
+    """
+    from curate.label_check import LabelCheckConfig, check_labels as run_check_labels
+
+    try:
+        config = LabelCheckConfig(trusted=trusted, method=method, min_quality=min_quality, fields=parse_fields(fields),
+                                  folds=folds, embedder=embedder)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    manifest = Manifest("curate check-labels", parameters={"trusted": trusted, "method": method, "min_quality": min_quality,
+                                                           "fields": list(config.fields), "folds": folds, "embedder": embedder})
+    manifest.models.append(resolve_embedder(embedder).describe())
+    _run_step(manifest, input, output, lambda records: run_check_labels(records, config))
+
+
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Selected rows: .parquet or .jsonl.")
@@ -321,12 +370,7 @@ def select(input: Path, output: Path, size: int, score_column: str | None, quali
                                                      "quality_weight": quality_weight, "stratify": stratify,
                                                      "fields": list(config.fields), "embedder": embedder})
     manifest.models.append(resolve_embedder(embedder).describe())
-    records = _load(input, manifest)
-    try:
-        result = run_select(records, config)
-    except ValueError as exc:
-        raise InputError(input, str(exc)) from None
-    _save(manifest, output, result.kept, result.drops, records.height)
+    _run_step(manifest, input, output, lambda records: run_select(records, config))
 
 
 @main.command()

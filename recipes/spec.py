@@ -24,7 +24,7 @@ METRICS = {
     "exact": ("exact_match", "token_f1"),
     "free_text": ("rouge_l",),
 }
-CURATE_STEPS = ("dedup", "decontaminate", "filter", "score", "select")
+CURATE_STEPS = ("dedup", "decontaminate", "filter", "check-labels", "score", "select")
 
 
 class _Strict(BaseModel):
