@@ -80,6 +80,8 @@ def generate(task: TaskSpec, teacher: Teacher, output: str | Path, *, model_name
             sampling = [dataclasses.replace(base, seed=base.seed + p.index) for p in batch]
             schemas = [task.output.json_schema(fixed=p.axes) for p in batch] if structured else None
             generations = teacher.chat([p.chat for p in batch], sampling, json_schema=schemas)
+            if structured:
+                generations = _finish_cut_off(task, teacher, batch, sampling, schemas, generations)
             entries = []
             for p, g in zip(batch, generations):
                 sample, error = parse_sample(g.text, task)
@@ -102,6 +104,28 @@ def generate(task: TaskSpec, teacher: Teacher, output: str | Path, *, model_name
         "parsed": sum(e["sample"] is not None for e in entries),
     }
     return GenerateResult(records, drops, usage)
+
+
+def _finish_cut_off(task: TaskSpec, teacher: Teacher, batch: list[Planned], sampling: list[SamplingConfig],
+                    schemas: list[dict], generations: list[Generation]) -> list[Generation]:
+    """Ask again, with room for the longest reply the schema allows, for replies cut off at max_tokens.
+
+    A small model can loop inside a string (digits, one token each) until the schema's
+    maxLength; the cut-off JSON would not parse. Same prompt and seed, so the retry is
+    what an uncut run would have written. Without a bound on every string there is no
+    such room to give, and the cut-off replies stay unparsable (the task check warns).
+    """
+    budget = task.output.max_reply_tokens()
+    cut = [i for i, g in enumerate(generations) if g.finish_reason == "length"]
+    if not cut or budget is None or budget <= min(sampling[i].max_tokens for i in cut):
+        return generations
+    again = teacher.chat([batch[i].chat for i in cut],
+                         [dataclasses.replace(sampling[i], max_tokens=budget) for i in cut],
+                         json_schema=[schemas[i] for i in cut])
+    out = list(generations)
+    for i, g in zip(cut, again):
+        out[i] = dataclasses.replace(g, completion_tokens=g.completion_tokens + generations[i].completion_tokens)
+    return out
 
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)

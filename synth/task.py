@@ -29,6 +29,8 @@ Specs are validated before anything runs; each error names the key.
 
 from __future__ import annotations
 
+import json
+
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,29 @@ class OutputSpec:
                 prop["enum"] = [fixed[name]]
             props[name] = prop
         return {"type": "object", "properties": props, "required": list(self.fields), "additionalProperties": False}
+
+    def max_reply_tokens(self) -> int | None:
+        """Tokens that any reply matching `json_schema()` fits in, or None when a string is unbounded.
+
+        The longest matching object, written compactly, counted one token per character: a
+        byte-level BPE tokenizer never spends more on ASCII text (digits can take one each),
+        and structured output can always close the object within this budget. Whitespace the
+        grammar allows between tokens is bounded by the backend, not here; a small margin covers it.
+        """
+        longest: dict[str, Any] = {}
+        for name, spec in self.fields.items():
+            kind = spec.get("type", "string")
+            if "enum" in spec:
+                longest[name] = max((str(v) for v in spec["enum"]), key=len)
+            elif kind == "string":
+                if "maxLength" not in spec:
+                    return None
+                longest[name] = "x" * int(spec["maxLength"])
+            elif kind == "boolean":
+                longest[name] = False
+            else:
+                longest[name] = -1.0e300  # integers and numbers: at most about 24 characters
+        return len(json.dumps(longest)) + 8 * len(self.fields) + 16
 
     def render(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Map a generated sample onto the record model's messages and label."""

@@ -131,3 +131,34 @@ def test_generate_survives_sigkill_and_resumes_without_loss_or_duplicates(tmp_pa
     assert usage["resumed"] == len(done_before) and usage["generated_this_run"] == 16 - len(done_before)
     assert usage["completion_tokens"] > 0
     assert not journal.exists()
+
+
+def test_reply_budget_covers_the_longest_reply_the_schema_allows():
+    output = parse_task(TASK).output
+    budget = output.max_reply_tokens()
+    longest = json.dumps({"text": "9" * 80, "label": "shipping"})  # digits: one token each
+    assert budget is not None and budget >= len(longest)
+    unbounded = json.loads(json.dumps(TASK))
+    del unbounded["output"]["fields"]["text"]["maxLength"]
+    assert parse_task(unbounded).output.max_reply_tokens() is None
+
+
+@pytest.mark.slow
+def test_replies_cut_off_at_max_tokens_are_finished_so_every_sample_parses(tmp_path):
+    """max_tokens 6 cuts every JSON reply; each is asked again with the schema's room, and all 8 parse."""
+    task = json.loads(json.dumps(TASK))
+    task.update(n=8, sampling={"temperature": 0.8, "max_tokens": 6, "seed": 1})
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text(yaml.safe_dump(task))
+    out = tmp_path / "out.parquet"
+    proc = subprocess.run([SYNTH, "generate", str(task_file), "-o", str(out), "--max-model-len", "1024"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no maxLength" not in proc.stdout + proc.stderr
+    records = pl.read_parquet(out)
+    assert records.height == 8
+    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
+    assert manifest["counts"]["unparsable"] == 0
+    usage = manifest["parameters"]["usage"]
+    assert usage["completion_tokens"] > 6 * 8  # the retries wrote past the first cut
+    assert all(len(m[0]["content"]) <= 80 for m in records["messages"].to_list())
