@@ -135,6 +135,13 @@ def test_truncation_keeps_the_start_and_counts(tokenizer):
     long = rows()[5]["messages"]
     enc = encode(tokenizer, long, max_length=48)
     assert len(enc.input_ids) == 48 and enc.truncated and enc.full_length > 48
+    # A long prompt before a short reply: the end is kept, so the reply survives whole.
+    ticket = [{"role": "user", "content": " ".join(f"word{k}" for k in range(80))}, {"role": "assistant", "content": "billing"}]
+    full = encode(tokenizer, ticket)
+    kept = encode(tokenizer, ticket, max_length=24)
+    assert kept.truncated and len(kept.input_ids) == 24
+    assert kept.input_ids == full.input_ids[-24:] and kept.n_targets == full.n_targets > 0
+    assert tokenizer.decode([t for t, lab in zip(kept.input_ids, kept.labels) if lab != IGNORE]).startswith("billing")
     assert auto_max_length([10] * 199 + [1000], cap=2048) == 16  # one outlier does not set the length
     assert auto_max_length([5000] * 10, cap=512) == 512
 

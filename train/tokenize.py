@@ -35,6 +35,9 @@ class Encoded:
     def truncated(self) -> bool:
         return self.full_length > len(self.input_ids)
 
+    def truncated_at(self, max_length: int) -> bool:
+        return len(self.input_ids) > max_length
+
     @property
     def n_targets(self) -> int:
         return sum(label != IGNORE for label in self.labels)
@@ -82,10 +85,8 @@ def encode(tokenizer, messages: Sequence[dict], max_length: int | None = None) -
     for (_, is_target), ids in zip(pieces, ids_per_piece):
         input_ids += ids
         labels += ids if is_target else [IGNORE] * len(ids)
-    full_length = len(input_ids)
-    if max_length is not None:
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-    return Encoded(input_ids, labels, full_length)
+    encoded = Encoded(input_ids, labels, len(input_ids))
+    return truncate(encoded, max_length) if max_length is not None else encoded
 
 
 def encode_all(tokenizer, conversations: Sequence[Sequence[dict]], path: str | Path | None = None) -> list[Encoded]:
@@ -106,4 +107,19 @@ def auto_max_length(lengths: Sequence[int], cap: int) -> int:
 
 
 def truncate(encoded: Encoded, max_length: int) -> Encoded:
-    return Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length], encoded.full_length)
+    """The first `max_length` tokens; or the last ones, when the first hold no reply token at all.
+
+    Keeping the start keeps the instruction and the first replies of a long conversation.
+    But a long prompt before a short reply (a long ticket and its one-token label) would
+    lose the reply, so the row would teach nothing; keeping the end instead (TRL's
+    `keep_end`) keeps the reply whole and the end of its prompt. When even the end is
+    all reply, with no prompt token left to condition on, the start is kept (and the row
+    has no target: the trainer leaves it out and counts it).
+    """
+    head = Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length], encoded.full_length)
+    if not encoded.truncated_at(max_length) or head.n_targets > 0:
+        return head
+    tail = Encoded(encoded.input_ids[-max_length:], encoded.labels[-max_length:], encoded.full_length)
+    if 0 < tail.n_targets < max_length:
+        return tail
+    return head
