@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from curate.conditions import ConditionError, condition_mask
 from curate.dedup.semantic import embed
 from curate.drops import empty_drops, make_drops
 from curate.text import field_text
@@ -91,15 +92,17 @@ def check_labels(df: pl.DataFrame, config: LabelCheckConfig | None = None, *, pr
     labelled = np.flatnonzero(df["label"].is_not_null().to_numpy())
     if labelled.size == 0:
         raise ValueError("no row has a label: the label check needs labelled rows")
-    trusted = _trusted_mask(df, config.trusted)[labelled]
-    checked = ~trusted if config.trusted is not None else np.ones(labelled.size, dtype=bool)
-    if config.trusted is not None and not trusted.any():
-        raise ValueError(f"no labelled row matches the trusted condition {config.trusted!r}")
+    if config.trusted is None:  # every row is learnt from (out-of-fold) and every row is checked
+        learn = checked = np.ones(labelled.size, dtype=bool)
+    else:  # learn from the trusted rows, check the others
+        learn = _trusted_mask(df, config.trusted)[labelled]
+        checked = ~learn
+        if not learn.any():
+            raise ValueError(f"no labelled row matches the trusted condition {config.trusted!r}")
 
     labels = df["label"].gather(labelled).to_list()
-    classes = sorted(set(labels[i] for i in np.flatnonzero(trusted)) if config.trusted else set(labels))
-    learn = trusted if config.trusted is not None else np.ones(labelled.size, dtype=bool)
     counts = Counter(labels[i] for i in np.flatnonzero(learn))
+    classes = sorted(counts)
     too_few = {c: n for c, n in counts.items() if n < 2}
     if len(classes) < 2 or too_few:
         what = "trusted rows" if config.trusted else "rows"
@@ -131,8 +134,9 @@ def check_labels(df: pl.DataFrame, config: LabelCheckConfig | None = None, *, pr
 
     if dropped_rows.size == 0:
         return LabelCheckResult(kept, empty_drops(), {})
+    flagged = np.flatnonzero(issues)
     details, reasons = [], []
-    for k in np.flatnonzero(issues):
+    for k in flagged:
         predicted = classes[int(np.argmax(probs[k]))]
         if unknown[k]:
             reasons.append("label_unknown")
@@ -146,20 +150,15 @@ def check_labels(df: pl.DataFrame, config: LabelCheckConfig | None = None, *, pr
             details.append(f"labelled {labels[k]!r} but reads as {predicted!r} "
                            f"(p={probs[k].max():.2f}; p({labels[k]})={self_confidence[k]:.2f})")
     drops = make_drops(id=df["id"].gather(dropped_rows), step="check-labels", reason=reasons,
-                       similarity=[float(self_confidence[k]) for k in np.flatnonzero(issues)], detail=details)
+                       similarity=self_confidence[flagged].tolist(), detail=details)
     return LabelCheckResult(kept, drops, dict(Counter(reasons)))
 
 
-def _trusted_mask(df: pl.DataFrame, condition: str | None) -> np.ndarray:
-    if condition is None:
-        return np.zeros(df.height, dtype=bool)
+def _trusted_mask(df: pl.DataFrame, condition: str) -> np.ndarray:
     try:
-        mask = df.select(pl.sql_expr(condition).fill_null(False)).to_series()
-    except Exception as exc:  # polars raises several types for a bad expression
-        raise ValueError(f"the trusted condition {condition!r} does not evaluate: {exc}") from None
-    if mask.dtype != pl.Boolean:
-        raise ValueError(f"the trusted condition {condition!r} is not true or false per row (it gives {mask.dtype})")
-    return mask.to_numpy()
+        return condition_mask(df, condition).to_numpy()
+    except ConditionError as exc:
+        raise ValueError(f"the trusted condition {condition!r} {exc}") from None
 
 
 def _predicted_probabilities(vectors: np.ndarray, labels: list[str], classes: list[str], learn: np.ndarray,

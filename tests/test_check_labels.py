@@ -115,7 +115,7 @@ def test_a_label_the_trusted_rows_never_use_is_dropped(mixed, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--trusted", "source = 'nowhere'"], "no labelled row matches the trusted condition"),
-    (["--trusted", "no_such_column = 1"], "does not evaluate"),
+    (["--trusted", "no_such_column = 1"], "cannot be evaluated on this dataset"),
     (["--min-quality", "1.5"], "outside (0, 1]"),
 ])
 def test_bad_options_say_what_is_wrong_and_write_nothing(mixed, tmp_path, args, message):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from curate.conditions import ConditionError, condition_mask
 from curate.errors import SmallsetError
 
 POLICIES = ("all", "borderline", "audit", "synthetic", "filter")
@@ -112,12 +113,9 @@ def _where(df: pl.DataFrame, text: str) -> pl.Series:
     if "origin" not in df.columns:  # the metadata value the UI filters on, usable here too
         df = df.with_columns(pl.when(is_synthetic()).then(pl.lit("synthetic")).otherwise(pl.lit("real")).alias("origin"))
     try:
-        mask = df.select(pl.sql_expr(text).alias("mask")).to_series()
-    except Exception as exc:  # polars raises several kinds for a bad expression or column
-        raise RoutingError(f"--where {text!r} cannot be evaluated on this dataset: {str(exc).splitlines()[0]}") from None
-    if mask.dtype != pl.Boolean:
-        raise RoutingError(f"--where {text!r} must be a condition (true or false per row), not {mask.dtype}")
-    return mask.fill_null(False)
+        return condition_mask(df, text)
+    except ConditionError as exc:
+        raise RoutingError(f"--where {text!r} {exc}") from None
 
 
 def _audit_sample(df: pl.DataFrame, fraction: float, seed: int) -> pl.DataFrame:
