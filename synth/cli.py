@@ -91,8 +91,7 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
                                                       "structured": structured, "batch_size": batch_size,
                                                       "sampling": task.sampling, "sensitive": task.sensitive})
     manifest.add_input(task_file)
-    unbounded = [name for name, spec in task.output.fields.items()
-                 if spec.get("type", "string") == "string" and "enum" not in spec and "maxLength" not in spec]
+    unbounded = task.output.unbounded_strings()
     if structured and unbounded:
         console.print(f"[yellow]warning:[/] {task_file}: output field(s) {', '.join(unbounded)} have no maxLength, so a "
                       "reply cut off at max_tokens cannot be given room to finish and will not parse")

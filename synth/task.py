@@ -30,7 +30,6 @@ Specs are validated before anything runs; each error names the key.
 from __future__ import annotations
 
 import json
-
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +68,11 @@ class OutputSpec:
             props[name] = prop
         return {"type": "object", "properties": props, "required": list(self.fields), "additionalProperties": False}
 
+    def unbounded_strings(self) -> list[str]:
+        """Free-text fields without a maxLength: no budget of tokens is sure to hold a reply."""
+        return [name for name, spec in self.fields.items()
+                if spec.get("type", "string") == "string" and "enum" not in spec and "maxLength" not in spec]
+
     def max_reply_tokens(self) -> int | None:
         """Tokens that any reply matching `json_schema()` fits in, or None when a string is unbounded.
 
@@ -77,14 +81,14 @@ class OutputSpec:
         and structured output can always close the object within this budget. Whitespace the
         grammar allows between tokens is bounded by the backend, not here; a small margin covers it.
         """
+        if self.unbounded_strings():
+            return None
         longest: dict[str, Any] = {}
         for name, spec in self.fields.items():
             kind = spec.get("type", "string")
             if "enum" in spec:
                 longest[name] = max((str(v) for v in spec["enum"]), key=len)
             elif kind == "string":
-                if "maxLength" not in spec:
-                    return None
                 longest[name] = "x" * int(spec["maxLength"])
             elif kind == "boolean":
                 longest[name] = False
