@@ -35,9 +35,6 @@ class Encoded:
     def truncated(self) -> bool:
         return self.full_length > len(self.input_ids)
 
-    def truncated_at(self, max_length: int) -> bool:
-        return len(self.input_ids) > max_length
-
     @property
     def n_targets(self) -> int:
         return sum(label != IGNORE for label in self.labels)
@@ -117,7 +114,7 @@ def truncate(encoded: Encoded, max_length: int) -> Encoded:
     has no target: the trainer leaves it out and counts it).
     """
     head = Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length], encoded.full_length)
-    if not encoded.truncated_at(max_length) or head.n_targets > 0:
+    if len(encoded.input_ids) <= max_length or head.n_targets > 0:
         return head
     tail = Encoded(encoded.input_ids[-max_length:], encoded.labels[-max_length:], encoded.full_length)
     if 0 < tail.n_targets < max_length:
