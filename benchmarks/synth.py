@@ -55,26 +55,18 @@ def main() -> None:
     engine.chat(chats[:4], sampling)  # warm-up: first-batch compilation is not throughput
 
     from vllm import SamplingParams  # the floor: vLLM called directly
-
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, seed=0)
-    start = time.perf_counter()
-    outputs = engine._llm.chat(chats, params, use_tqdm=False)
-    raw_s = time.perf_counter() - start
-    raw_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    rows.append(("raw vllm.LLM.chat", raw_tokens, raw_s, None))
-
-    # The floor for structured output: vLLM itself with the same JSON schema (its grammar backend,
-    # and replies that end when the object closes), so that synth's own overhead shows apart.
     from vllm.sampling_params import StructuredOutputsParams
 
-    schema = task.output.json_schema()
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, seed=0,
-                            structured_outputs=StructuredOutputsParams(json=schema))
-    start = time.perf_counter()
-    outputs = engine._llm.chat(chats, params, use_tqdm=False)
-    raw_json_s = time.perf_counter() - start
-    raw_json_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    rows.append(("raw vllm.LLM.chat + JSON schema", raw_json_tokens, raw_json_s, None))
+    def raw_chat(name: str, structured_outputs=None) -> None:
+        params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, seed=0, structured_outputs=structured_outputs)
+        start = time.perf_counter()
+        outputs = engine._llm.chat(chats, params, use_tqdm=False)
+        rows.append((name, sum(len(o.outputs[0].token_ids) for o in outputs), time.perf_counter() - start, None))
+
+    raw_chat("raw vllm.LLM.chat")
+    # The floor for structured output: vLLM itself with the same JSON schema (its grammar backend,
+    # and replies that end when the object closes), so that synth's own overhead shows apart.
+    raw_chat("raw vllm.LLM.chat + JSON schema", StructuredOutputsParams(json=task.output.json_schema()))
 
     with tempfile.TemporaryDirectory() as tmp:
         for structured in (False, True):
