@@ -183,6 +183,47 @@ def test_updates_and_deletions_reach_the_index(review):
         assert index.execute("SELECT count(*) FROM records WHERE dataset_id = ?", (dataset_id,)).fetchone() == (0,)
 
 
+def test_sorted_pages_text_search_and_queues_follow_changes(review):
+    """The engine keeps sort keys, text indexes and each user's order between requests: a change must reach them."""
+    client = review.client()
+    settings = rg.Settings(fields=[rg.TextField(name="text")], questions=[rg.TextQuestion(name="note")],
+                           metadata=[rg.IntegerMetadataProperty(name="n")])
+    views = rg.Dataset(name="views", workspace="tests", settings=settings, client=client).create()
+    views.records.log([rg.Record(id=f"v{i}", fields={"text": f"alpha item {i}"}, metadata={"n": i})
+                       for i in range(1, 4)])
+    search = f"/api/v1/datasets/{views.id}/records/search"
+    by_n = {"sort": [{"scope": {"entity": "metadata", "metadata_property": "n"}, "order": "desc"}]}
+    me = f"/api/v1/me/datasets/{views.id}/records/search"
+    pending = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"},
+                                    "values": ["pending"]}]}}
+
+    def sorted_texts(http) -> list[str]:
+        return [item["record"]["fields"]["text"] for item in http.post(search, json=by_n).json()["items"]]
+
+    def found(http, word: str) -> set[str]:
+        body = {"query": {"text": {"q": word}}}
+        return {item["record"]["fields"]["text"] for item in http.post(search, json=body).json()["items"]}
+
+    def queue(http) -> list[str]:
+        return [item["record"]["id"] for item in http.post(me, params={"limit": 10}, json=pending).json()["items"]]
+
+    with review.http() as http:
+        assert sorted_texts(http) == ["alpha item 3", "alpha item 2", "alpha item 1"]
+        assert found(http, "alpha") == {"alpha item 1", "alpha item 2", "alpha item 3"}
+        first_queue = queue(http)
+        assert queue(http) == first_queue and len(first_queue) == 3  # a user's order is stable
+
+        views.records.log([rg.Record(id="v1", fields={"text": "beta item 1"}, metadata={"n": 9})])
+        assert sorted_texts(http) == ["beta item 1", "alpha item 3", "alpha item 2"]
+        assert found(http, "alpha") == {"alpha item 2", "alpha item 3"}
+        assert found(http, "beta") == {"beta item 1"}
+
+        answered = first_queue[0]
+        response = {"values": {"note": {"value": "seen"}}, "status": "submitted"}
+        assert http.post(f"/api/v1/records/{answered}/responses", json=response).status_code == 201
+        assert queue(http) == [record_id for record_id in first_queue if record_id != answered]
+
+
 def test_owner_credentials_are_private(review):
     owner = review.workspace / "owner.json"
     assert stat.S_IMODE(owner.stat().st_mode) == 0o600

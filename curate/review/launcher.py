@@ -93,11 +93,29 @@ def skip_unheard_record_events() -> None:
     UpsertRecordsBulk._notify_upsert_record_events = notify
 
 
+def freeze_startup_objects() -> None:
+    """Move everything alive after start-up out of the garbage collector's sight.
+
+    argilla-server's modules, pydantic models and SQLAlchemy mappers are about 300k
+    objects that live as long as the process. Python's full collection walks them
+    all, about 250 ms on this machine, and under a stream of requests it runs every
+    few requests: that was the p95 of every list and search request. Frozen objects
+    are still freed by reference counting; only their cycle detection stops, which
+    they never needed (`gc.freeze`, made for this).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def run_api(host: str, port: int) -> None:
     import uvicorn
     from argilla_server._app import create_server_app
 
-    uvicorn.run(create_server_app(), host=host, port=port, access_log=False, log_level="warning")
+    app = create_server_app()
+    freeze_startup_objects()
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
 
 
 def prepare() -> None:
@@ -123,6 +141,7 @@ def run_worker(num_workers: int) -> None:
 
     from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE
 
+    freeze_startup_objects()
     worker(queues=[DEFAULT_QUEUE.name, HIGH_QUEUE.name], num_workers=num_workers)
 
 

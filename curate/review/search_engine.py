@@ -42,7 +42,7 @@ import sqlite3
 import threading
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Any, Iterable, List, Optional, Union
+from typing import Any, Callable, Iterable, List, Optional, Union
 from uuid import UUID
 
 from argilla_server.enums import (
@@ -147,9 +147,10 @@ class _Store:
             self.conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
-        # Parsed documents per dataset, reused while the dataset's version is unchanged.
+        # Parsed documents per dataset, and views derived from them (text index, sort
+        # keys, a user's order), reused while the dataset's version is unchanged.
         self.cache: dict[str, tuple[int, list[dict]]] = {}
-        self.text_indexes: dict[tuple[str, Optional[str]], tuple[int, _TextIndex]] = {}
+        self.views: dict[str, dict[Any, Any]] = {}
 
     def transaction(self, immediate: bool = True) -> "_Transaction":
         """Writes take the write lock up front; reads (immediate=False) see one snapshot."""
@@ -168,7 +169,7 @@ class _Store:
         return row[0] if row else 0
 
     def docs(self, dataset_id: str) -> list[dict]:
-        """All documents of a dataset in insertion order (parsed once per change; do not modify)."""
+        """All documents of a dataset by (inserted_at, insertion order); parsed once per change, do not modify."""
         return self._snapshot(dataset_id)[1]
 
     def _snapshot(self, dataset_id: str) -> tuple[int, list[dict]]:
@@ -186,18 +187,24 @@ class _Store:
                 doc = json.loads(text)
                 doc["_seq"] = seq
                 docs.append(doc)
+            docs.sort(key=lambda doc: (doc.get("inserted_at") or "", doc["_seq"]))
             self.cache[dataset_id] = (version, docs)
-            self.text_indexes = {k: v for k, v in self.text_indexes.items() if k[0] != dataset_id}
+            self.views[dataset_id] = {}
             return version, docs
 
-    def text_index(self, dataset_id: str, field: Optional[str]) -> "_TextIndex":
-        """Token lists and statistics for text search, rebuilt only when the dataset changes."""
-        version, docs = self._snapshot(dataset_id)
+    def view(self, dataset_id: str, key: Any, build: Callable[[list[dict]], Any]) -> Any:
+        """`build(docs)` of the dataset's documents, computed once per change of the dataset.
+
+        Requests repeat: the web UI pages through one sort, an annotator's queue is
+        asked for after every answer. What a request derives from every document
+        (a text index, sort keys, a user's order) is kept under `key` until then.
+        """
         with self.lock:
-            cached = self.text_indexes.get((dataset_id, field))
-            if cached is None or cached[0] != version:
-                cached = self.text_indexes[(dataset_id, field)] = (version, _TextIndex(docs, field))
-            return cached[1]
+            _, docs = self._snapshot(dataset_id)
+            views = self.views.setdefault(dataset_id, {})
+            if key not in views:
+                views[key] = build(docs)
+            return views[key]
 
     def update_doc(self, record_id: str, change) -> None:
         """Read-modify-write one document; `change(doc)` edits it in place."""
@@ -429,16 +436,16 @@ def _as_time(value: Any) -> Optional[datetime]:
 _TIME_PROPERTIES = {"inserted_at", "updated_at"}
 
 
-def _in_range(values: list, filter: RangeFilter, is_time: bool) -> bool:
+def _bounds(filter: RangeFilter, is_time: bool) -> tuple[Any, Any]:
+    if is_time:
+        return (_as_time(filter.ge) if filter.ge is not None else None,
+                _as_time(filter.le) if filter.le is not None else None)
+    return _number(_maybe_float(filter.ge)), _number(_maybe_float(filter.le))
+
+
+def _in_range(values: list, low: Any, high: Any, is_time: bool) -> bool:
     for value in values:
-        if is_time:
-            current = _as_time(value)
-            low = _as_time(filter.ge) if filter.ge is not None else None
-            high = _as_time(filter.le) if filter.le is not None else None
-        else:
-            current = _number(value)
-            low = _number(_maybe_float(filter.ge))
-            high = _number(_maybe_float(filter.le))
+        current = _as_time(value) if is_time else _number(value)
         if current is None:
             continue
         if low is not None and current < low:
@@ -458,54 +465,78 @@ def _maybe_float(value: Any) -> Any:
     return value
 
 
-def _user_responses(doc: dict, user: Optional[User]) -> list[dict]:
+# Filters and sort keys are compiled once per request into functions of a document:
+# a request looks at every document of the dataset, so whatever does not depend on
+# the document (user ids as text, wanted terms, range bounds) is worked out first.
+
+Predicate = Callable[[dict], bool]
+Values = Callable[[dict], list]
+
+
+def _user_id(user: Optional[User]) -> Optional[str]:
+    return None if user is None else str(user.id)
+
+
+def _user_responses(doc: dict, user_id: Optional[str]) -> list[dict]:
     responses = doc.get("responses") or []
-    if user is None:
+    if user_id is None or not responses:
         return responses
-    user_id = str(user.id)
     return [response for response in responses if response.get("user_id") == user_id]
 
 
-def _scope_values(doc: dict, scope: FilterScope) -> list:
-    """The values a filter or sort compares, for one document."""
+def _scope_values(scope: FilterScope) -> Values:
+    """The values a filter or sort compares, as a function of the document."""
     if isinstance(scope, MetadataFilterScope):
-        return _scalars((doc.get("metadata") or {}).get(scope.metadata_property))
+        name = scope.metadata_property
+        return lambda doc: _scalars((doc.get("metadata") or {}).get(name))
     if isinstance(scope, RecordFilterScope):
-        return _scalars(doc.get(str(scope.property)))
+        prop = str(scope.property)
+        return lambda doc: _scalars(doc.get(prop))
     if isinstance(scope, SuggestionFilterScope):
-        suggestion = (doc.get("suggestions") or {}).get(scope.question) or {}
-        return _scalars(suggestion.get(str(scope.property or "value")))
+        question, prop = scope.question, str(scope.property or "value")
+        return lambda doc: _scalars(((doc.get("suggestions") or {}).get(question) or {}).get(prop))
     if isinstance(scope, ResponseFilterScope):
-        responses = _user_responses(doc, scope.user)
-        if scope.question:
-            return [v for response in responses for v in _scalars((response.get("values") or {}).get(scope.question))]
-        return [response.get(scope.property or "status") for response in responses]
+        user_id, question, prop = _user_id(scope.user), scope.question, scope.property or "status"
+        if question:
+            return lambda doc: [
+                v for response in _user_responses(doc, user_id)
+                for v in _scalars((response.get("values") or {}).get(question))
+            ]
+        return lambda doc: [response.get(prop) for response in _user_responses(doc, user_id)]
     raise ValueError(f"Cannot process search scope {scope}")
 
 
-def _matches_filter(doc: dict, filter: Filter) -> bool:
+def _compile_filter(filter: Filter) -> Predicate:
     if isinstance(filter, AndFilter):
-        return all(_matches_filter(doc, inner) for inner in filter.filters)
+        parts = [_compile_filter(inner) for inner in filter.filters]
+        return lambda doc: all(part(doc) for part in parts)
     scope = filter.scope
     if isinstance(scope, ResponseFilterScope) and not scope.question and isinstance(filter, TermsFilter):
-        return _matches_response_status(doc, filter)
-    values = _scope_values(doc, scope)
+        return _response_status_filter(filter)
+    values = _scope_values(scope)
     if isinstance(filter, TermsFilter):
         wanted = {str(value) for value in filter.values}
-        return any(_term(value) in wanted for value in values)
+        return lambda doc: any(_term(value) in wanted for value in values(doc))
     if isinstance(filter, RangeFilter):
         is_time = isinstance(scope, RecordFilterScope) and str(scope.property) in _TIME_PROPERTIES
-        return _in_range(values, filter, is_time)
+        low, high = _bounds(filter, is_time)
+        return lambda doc: _in_range(values(doc), low, high, is_time)
     raise ValueError(f"Cannot process filter {filter}")
 
 
-def _matches_response_status(doc: dict, filter: TermsFilter) -> bool:
+def _response_status_filter(filter: TermsFilter) -> Predicate:
     """Response status, as the UI asks: "pending" means no response (by the user, when one is given)."""
-    responses = _user_responses(doc, filter.scope.user)
+    user_id = _user_id(filter.scope.user)
     wanted = {str(value) for value in filter.values}
-    if ResponseStatusFilter.pending.value in wanted and not responses:
-        return True
-    return any(str(response.get("status")) in wanted for response in responses)
+    pending = ResponseStatusFilter.pending.value in wanted
+
+    def matches(doc: dict) -> bool:
+        responses = _user_responses(doc, user_id)
+        if not responses:
+            return pending
+        return any(str(response.get("status")) in wanted for response in responses)
+
+    return matches
 
 
 def _sort_key(value: Any) -> tuple:
@@ -515,26 +546,46 @@ def _sort_key(value: Any) -> tuple:
     return (1, 0.0, _term(value))
 
 
-def _apply_sort(docs: list[dict], sort: List[Order]) -> list[dict]:
-    """Stable multi-key sort; like Elasticsearch, documents without a value go last in both orders."""
+def _scope_key(scope: FilterScope) -> tuple:
+    """What identifies a scope across requests (its user by id)."""
+    if isinstance(scope, ResponseFilterScope):
+        return ("response", scope.question, scope.property, _user_id(scope.user))
+    return (type(scope).__name__, *(str(getattr(scope, name, None)) for name in ("metadata_property", "property", "question")))
+
+
+def _sort_keys(docs: list[dict], scope: FilterScope, descending: bool) -> dict[str, tuple]:
+    """Each document's sort key for one scope and direction; documents without a value are left out."""
+    is_time = isinstance(scope, RecordFilterScope) and str(scope.property) in _TIME_PROPERTIES
+    by_mean = isinstance(scope, ResponseFilterScope)
+    values_of = _scope_values(scope)
+    keys = {}
+    for doc in docs:
+        values = values_of(doc)
+        if not values:
+            continue
+        candidates = [(0, 0.0, str(v)) if is_time else _sort_key(v) for v in values]
+        if by_mean and all(k[0] == 0 for k in candidates):
+            keys[doc["id"]] = (0, sum(k[1] for k in candidates) / len(candidates), "")  # Argilla sorts responses by their mean
+        else:
+            keys[doc["id"]] = max(candidates) if descending else min(candidates)
+    return keys
+
+
+def _apply_sort(
+    docs: list[dict], sort: List[Order], keys_for: Callable[[Order, bool], dict[str, tuple]]
+) -> list[dict]:
+    """Stable multi-key sort; like Elasticsearch, documents without a value go last in both orders.
+
+    `keys_for(order, descending)` gives each document's key (see `_sort_keys`).
+    """
     ordered = list(docs)
     for order in reversed(sort):
         descending = str(order.order) == SortOrder.desc.value
-        is_time = isinstance(order.scope, RecordFilterScope) and str(order.scope.property) in _TIME_PROPERTIES
-        keyed, missing = [], []
-        for doc in ordered:
-            values = _scope_values(doc, order.scope)
-            if not values:
-                missing.append(doc)
-                continue
-            keys = [(0, 0.0, str(v)) if is_time else _sort_key(v) for v in values]
-            if isinstance(order.scope, ResponseFilterScope) and all(k[0] == 0 for k in keys):
-                key = (0, sum(k[1] for k in keys) / len(keys), "")  # Argilla sorts responses by their mean
-            else:
-                key = max(keys) if descending else min(keys)
-            keyed.append((key, doc))
-        keyed.sort(key=lambda pair: pair[0], reverse=descending)
-        ordered = [doc for _, doc in keyed] + missing
+        keys = keys_for(order, descending)
+        keyed = [doc for doc in ordered if doc["id"] in keys]
+        missing = [doc for doc in ordered if doc["id"] not in keys]
+        keyed.sort(key=lambda doc: keys[doc["id"]], reverse=descending)
+        ordered = keyed + missing
     return ordered
 
 
@@ -685,10 +736,11 @@ class SmallsetSearchEngine(SearchEngine):
     async def get_dataset_user_progress(self, dataset: Dataset, user: User) -> dict:
         if dataset.is_draft:
             return {}
+        user_id = _user_id(user)
         counts = Counter(
             str(response.get("status"))
             for doc in self.store.docs(str(dataset.id))
-            for response in _user_responses(doc, user)
+            for response in _user_responses(doc, user_id)
         )
         return {"total": sum(counts.values()), **counts}
 
@@ -713,25 +765,54 @@ class SmallsetSearchEngine(SearchEngine):
     # ----------------------------------------------------------------- search
 
     def _select(
-        self, dataset: Dataset, query: Optional[Union[TextQuery, str]], filter: Optional[Filter]
+        self,
+        dataset: Dataset,
+        query: Optional[Union[TextQuery, str]],
+        filter: Optional[Filter],
+        docs: Optional[list[dict]] = None,
     ) -> list[tuple[dict, Optional[float]]]:
-        """Documents that pass the filter and the text query, in insertion order, with text scores."""
-        docs = self.store.docs(str(dataset.id))
+        """Documents that pass the filter and the text query, with text scores.
+
+        In the order of `docs`, by default the dataset's (inserted_at, insertion order).
+        """
+        dataset_id = str(dataset.id)
+        if docs is None:
+            docs = self.store.docs(dataset_id)
         if filter is not None:
-            docs = [doc for doc in docs if _matches_filter(doc, filter)]
+            matches = _compile_filter(filter)
+            docs = [doc for doc in docs if matches(doc)]
         text = _text_query(query)
         if text is None:
             return [(doc, None) for doc in docs]
         groups = _parse_query(text.q)
         if not groups:
             return []
-        index = self.store.text_index(str(dataset.id), text.field)
+        index = self.store.view(dataset_id, ("text", text.field), lambda all_docs: _TextIndex(all_docs, text.field))
         scored = []
         for doc in docs:
             score = index.score(doc["id"], groups)
             if score is not None:
                 scored.append((doc, score))
         return scored
+
+    def _user_order(self, dataset: Dataset, user_id: str) -> tuple[list[dict], dict[str, float]]:
+        """The dataset's documents in the user's random order, and each one's random number."""
+
+        def build(docs: list[dict]) -> tuple[list[dict], dict[str, float]]:
+            randoms = {doc["id"]: _user_random(user_id, doc["id"]) for doc in docs}
+            return sorted(docs, key=lambda doc: -randoms[doc["id"]]), randoms
+
+        return self.store.view(str(dataset.id), ("user order", user_id), build)
+
+    def _sorted(self, dataset: Dataset, docs: list[dict], sort: List[Order]) -> list[dict]:
+        """`docs` in the order asked, with each sort's keys computed once per change of the dataset."""
+        dataset_id = str(dataset.id)
+
+        def keys_for(order: Order, descending: bool) -> dict[str, tuple]:
+            key = ("sort", _scope_key(order.scope), descending)
+            return self.store.view(dataset_id, key, lambda all_docs: _sort_keys(all_docs, order.scope, descending))
+
+        return _apply_sort(docs, sort, keys_for)
 
     async def search(
         self,
@@ -743,23 +824,27 @@ class SmallsetSearchEngine(SearchEngine):
         limit: int = 100,
         user_id: Optional[str] = None,
     ) -> SearchResponses:
-        selected = self._select(dataset, query, filter)
-        scores = {doc["id"]: 1.0 if score is None else score for doc, score in selected}
+        randoms: Optional[dict[str, float]] = None
+        base = None
         if user_id is not None:
-            scores = {record_id: score * _user_random(user_id, record_id) for record_id, score in scores.items()}
-        docs = [doc for doc, _ in selected]
-        docs.sort(key=lambda doc: (doc.get("inserted_at") or "", doc["_seq"]))
+            # A user's own view comes in a random order that is stable per user.
+            base, randoms = self._user_order(dataset, str(user_id))
+        selected = self._select(dataset, query, filter, None if sort or query is not None else base)
+
+        def score(doc: dict, text_score: Optional[float]) -> float:
+            value = 1.0 if text_score is None else text_score
+            return value * randoms[doc["id"]] if randoms is not None else value
+
         if sort:
-            docs = _apply_sort(docs, sort)
-        elif query is not None or user_id is not None:
-            docs.sort(key=lambda doc: -scores[doc["id"]])
-        page = docs[offset : offset + limit]
+            docs = self._sorted(dataset, [doc for doc, _ in selected], sort)
+            page = [(doc, None) for doc in docs[offset : offset + limit]]
+        else:
+            if query is not None:
+                selected.sort(key=lambda pair: -score(*pair))
+            page = [(doc, score(doc, text_score)) for doc, text_score in selected[offset : offset + limit]]
         return SearchResponses(
-            items=[
-                SearchResponseItem(record_id=UUID(doc["id"]), score=None if sort else scores[doc["id"]])
-                for doc in page
-            ],
-            total=len(docs),
+            items=[SearchResponseItem(record_id=UUID(doc["id"]), score=value) for doc, value in page],
+            total=len(selected),
         )
 
     async def similarity_search(
