@@ -169,10 +169,19 @@ def test_updates_and_deletions_reach_the_index(review):
     settings = rg.Settings(fields=[rg.TextField(name="text")], questions=[rg.TextQuestion(name="note")],
                            metadata=[rg.TermsMetadataProperty(name="tag")])
     scratch = rg.Dataset(name="scratch", workspace="tests", settings=settings, client=client).create()
-    scratch.records.log([rg.Record(id=f"r{i}", fields={"text": f"note number {i}"}, metadata={"tag": "old"})
+    scratch.records.log([rg.Record(id=f"r{i}", fields={"text": f"note number {i}"}, metadata={"tag": "old"},
+                                   suggestions=[rg.Suggestion("note", f"first {i}", agent="a")])
                          for i in range(3)])
-    scratch.records.log([rg.Record(id="r0", fields={"text": "note number 0"}, metadata={"tag": "new"})])
+    scratch.records.log([rg.Record(id="r0", fields={"text": "note number 0"}, metadata={"tag": "new"},
+                                   suggestions=[rg.Suggestion("note", "second 0", agent="b")])])
     assert texts(scratch.records(query=rg.Query(filter=("metadata.tag", "==", "new")))) == {"note number 0"}
+    # Upserting a record again replaces its suggestion for the question (one per question), in SQL and in the index.
+    suggested = {record.id: [(s.value, s.agent) for s in record.suggestions] for record in scratch.records}
+    assert suggested == {"r0": [("second 0", "b")], "r1": [("first 1", "a")], "r2": [("first 2", "a")]}
+    assert not list(scratch.records(query=rg.Query(filter=rg.Filter(("note.suggestion", "==", "first 0")))))
+    assert [r.id for r in scratch.records(query=rg.Query(filter=rg.Filter(("note.suggestion", "==", "second 0"))))] == [
+        "r0"
+    ]
 
     scratch.records.delete([next(iter(scratch.records(query=rg.Query(query="1"))))])
     assert texts(scratch.records(query=rg.Query(query="note"))) == {"note number 0", "note number 2"}
@@ -286,6 +295,19 @@ def test_serve_refuses_a_busy_port_and_defers_to_a_deployment(review, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def _process_group(pgid: int) -> list[int]:
+    """Pids of the live processes in a process group (from /proc)."""
+    members = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat_file.parent.name))
+    return members
+
+
 def _ready(pid_file: Path) -> bool:
     try:
         return json.loads(pid_file.read_text()).get("ready", False)
@@ -306,6 +328,8 @@ def test_restart_with_the_cli_keeps_records_then_stop(review, dataset):
             time.sleep(0.5)
         assert _ready(pid_file), serve.stderr.read() if serve.poll() is not None else "not ready in time"
         children = json.loads(pid_file.read_text())["children"]
+        api_processes = _process_group(children["api"]["pid"])
+        assert len(api_processes) == 2  # the default --api-workers
 
         client = review.client()
         again = client.datasets(name="tickets", workspace="tests")
@@ -324,14 +348,18 @@ def test_restart_with_the_cli_keeps_records_then_stop(review, dataset):
         assert alice is not None and alice.role == "annotator"
         token = httpx.post(f"{review.url}/api/v1/token", data={"username": "alice", "password": password})
         assert token.status_code == 201
+        # Every API process accepts the session one of them signed (new connections spread over them).
+        bearer = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        for _ in range(8):
+            assert httpx.get(f"{review.url}/api/v1/me", headers=bearer).json()["username"] == "alice"
 
         stopped = subprocess.run([*CLI, "stop", "--workspace", ws], capture_output=True, text=True, timeout=90)
         assert stopped.returncode == 0 and "stopped" in stopped.stderr
         assert serve.wait(30) == 0
         assert not pid_file.exists()
-        for child in children.values():
+        for pid in [child["pid"] for child in children.values()] + api_processes:
             with pytest.raises(ProcessLookupError):
-                os.kill(child["pid"], 0)
+                os.kill(pid, 0)
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ import click
 from curate.console import SmallsetGroup, console
 from curate.review.routing import POLICIES
 from curate.review.server import (
+    DEFAULT_API_WORKERS,
     DEFAULT_ARGILLA_WORKSPACE,
     DEFAULT_PORT,
     DEFAULT_WORKSPACE,
@@ -65,7 +66,10 @@ def setup() -> None:
 @workspace_option
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
               help="Port of the API and web UI on 127.0.0.1.")
-def serve(workspace: Path, port: int) -> None:
+@click.option("--api-workers", type=click.IntRange(1, 16), default=DEFAULT_API_WORKERS, show_default=True,
+              help="API processes sharing the port: one stores a push's batch while another answers the next "
+                   "request.")
+def serve(workspace: Path, port: int, api_workers: int) -> None:
     """Run the Argilla server and web UI until Ctrl-C (or `curate review stop`).
 
     The first start creates an owner user with a random password and API key,
@@ -78,7 +82,7 @@ def serve(workspace: Path, port: int) -> None:
         _progress(f"using the Argilla deployment at {external.api_url} (ARGILLA_API_URL and ARGILLA_API_KEY "
                   "are set); nothing to start")
         return
-    server = ReviewServer(workspace=workspace, port=port, progress=_progress)
+    server = ReviewServer(workspace=workspace, port=port, progress=_progress, api_workers=api_workers)
     # Until serve_forever() takes over, SIGTERM/SIGHUP (`curate review stop`) interrupt the start cleanly.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)

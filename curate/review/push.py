@@ -2,8 +2,8 @@
 
 Idempotent by construction: every Argilla record id derives from the dataset
 key and the row id (`mapping.external_id`). Push first lists the ids the
-Argilla dataset already holds and sends only the others, in batches through
-the SDK's bulk upsert. A push that stopped halfway (Ctrl-C, a crash, a network
+Argilla dataset already holds and sends only the others: records built with the
+SDK, in batches of 500 to Argilla's bulk upsert endpoint, two in flight. A push that stopped halfway (Ctrl-C, a crash, a network
 failure) is finished by running it again: the batches that arrived are
 skipped, and a batch that arrived without its answer is upserted by id, never
 added twice.
@@ -12,7 +12,9 @@ added twice.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     import argilla as rg
 
 MAX_BATCH = 500  # Argilla's limit per bulk upsert
+IN_FLIGHT = 2  # batches sent and not yet answered: the server stores one while it reads the next
 LIST_PAGE = 1000  # Argilla's limit per records page
 
 
@@ -112,6 +115,14 @@ def _create(conn: Connection, dataset: "rg.Dataset") -> None:
         raise
 
 
+def _sent(future: Future, advance: Callable[[int], None] | None) -> int:
+    """Wait for a batch to be stored; tell the progress bar."""
+    count = future.result()
+    if advance is not None:
+        advance(count)
+    return count
+
+
 def push(
     path: Path,
     conn: Connection,
@@ -125,6 +136,7 @@ def push(
     `bar(total)` may return a callback that is told how many records each sent batch held.
     """
     import argilla as rg
+    from argilla._exceptions._api import api_error_handler
 
     key = options.key or default_key(path)
     name = options.name or key
@@ -177,9 +189,9 @@ def push(
         send_vectors = bool(vectors) and state.vectors
         batch_size = max(1, min(options.batch_size, MAX_BATCH))
         advance = bar(new.height) if bar is not None else None
-        pushed = 0
         rows = prepare(new).iter_rows(named=True)
-        for start in range(0, new.height, batch_size):
+
+        def batch(start: int) -> list:
             models = []
             for offset in range(min(batch_size, new.height - start)):
                 payload = record_payload(next(rows), plan)
@@ -192,10 +204,30 @@ def push(
                 )
                 record.dataset = dataset
                 models.append(record.api_model())
-            conn.client.api.records.bulk_upsert(dataset_id=dataset.id, records=models)
-            pushed += len(models)
-            if advance is not None:
-                advance(len(models))
+            return models
+
+        @api_error_handler
+        def send(models: list) -> int:
+            # What the SDK's `records.bulk_upsert` sends; it would also parse the records the
+            # server sends back into models, a fifth of this process's time, that nothing reads.
+            response = conn.client.api.records.http_client.put(
+                f"/api/v1/datasets/{dataset.id}/records/bulk", json={"items": [m.model_dump() for m in models]}
+            )
+            response.raise_for_status()
+            return len(models)
+
+        pushed = 0
+        # This process builds batch k+2 while the server stores k and reads k+1. A failed
+        # batch stops the push; running it again sends whatever did not arrive.
+        in_flight: deque[Future] = deque()
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="push") as sender:
+            for start in range(0, new.height, batch_size):
+                models = batch(start)
+                if len(in_flight) == IN_FLIGHT:
+                    pushed += _sent(in_flight.popleft(), advance)
+                in_flight.append(sender.submit(send, models))
+            while in_flight:
+                pushed += _sent(in_flight.popleft(), advance)
 
     return PushReport(
         dataset=name,

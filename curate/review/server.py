@@ -45,6 +45,7 @@ DEFAULT_PORT = 6900
 DEFAULT_WORKSPACE = Path("runs/review")
 OWNER_USERNAME = "owner"
 DEFAULT_ARGILLA_WORKSPACE = "smallset"
+DEFAULT_API_WORKERS = 2  # a push's batches and the UI's requests are served side by side
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 
@@ -309,7 +310,8 @@ class ReviewServer:
     port: int = DEFAULT_PORT
     host: str = DEFAULT_HOST
     progress: Progress = print
-    num_workers: int = 1
+    num_workers: int = 1  # rq workers for background jobs
+    api_workers: int = DEFAULT_API_WORKERS  # API processes (see launcher.run_api)
 
     ws: Workspace = field(init=False)
     env: ServerEnv | None = field(default=None, init=False)
@@ -368,7 +370,9 @@ class ReviewServer:
             self.worker = self._spawn("worker", "worker", "--num-workers", str(self.num_workers))
             self._write_pid_file()
             self._prepare()
-            self.api = self._spawn("api", "api", "--host", self.host, "--port", str(self.port))
+            self.api = self._spawn(
+                "api", "api", "--host", self.host, "--port", str(self.port), "--workers", str(self.api_workers)
+            )
             self._write_pid_file()
             self._wait_ready()
             self._write_pid_file(ready=True)
