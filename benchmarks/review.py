@@ -9,8 +9,9 @@ search requests <= 300 ms at 10k records.
 
 Push: `curate.review.push.push` on a 10k-row Parquet file (chat turns, a label, a judge
 score; rows from templates), the same code `curate review push` runs: read, route,
-list the ids already there, settings, records in batches of 500 through the SDK's bulk
-upsert, which the server writes to SQLite and indexes in the embedded search engine.
+list the ids already there, settings, records built with the SDK and sent in batches of
+500 to Argilla's bulk upsert endpoint, two in flight, which the server (two API
+processes by default) writes to SQLite and indexes in the embedded search engine.
 Records/s = pushed rows / wall time of that call.
 
 Requests, each repeated (--repeat, default 40) after two warm-up calls, timed one by one:
