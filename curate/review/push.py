@@ -3,10 +3,10 @@
 Idempotent by construction: every Argilla record id derives from the dataset
 key and the row id (`mapping.external_id`). Push first lists the ids the
 Argilla dataset already holds and sends only the others: records built with the
-SDK, in batches of 500 to Argilla's bulk upsert endpoint, two in flight. A push that stopped halfway (Ctrl-C, a crash, a network
-failure) is finished by running it again: the batches that arrived are
-skipped, and a batch that arrived without its answer is upserted by id, never
-added twice.
+SDK, in batches of 500 to Argilla's bulk upsert endpoint, two in flight. A push
+that stopped halfway (Ctrl-C, a crash, a network failure) is finished by running
+it again: the batches that arrived are skipped, and a batch that arrived without
+its answer is upserted by id, never added twice.
 """
 
 from __future__ import annotations

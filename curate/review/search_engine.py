@@ -826,10 +826,10 @@ class SmallsetSearchEngine(SearchEngine):
     ) -> SearchResponses:
         randoms: Optional[dict[str, float]] = None
         base = None
-        if user_id is not None:
-            # A user's own view comes in a random order that is stable per user.
+        if user_id is not None and not sort:
+            # A user's own view comes in a random order that is stable per user (a sort overrides it).
             base, randoms = self._user_order(dataset, str(user_id))
-        selected = self._select(dataset, query, filter, None if sort or query is not None else base)
+        selected = self._select(dataset, query, filter, base if query is None else None)
 
         def score(doc: dict, text_score: Optional[float]) -> float:
             value = 1.0 if text_score is None else text_score
