@@ -7,9 +7,10 @@ next run is killed while it trains and started again; it resumes the adapter,
 evaluates it through vLLM with LoRA and writes the report, which headless
 Chromium opens. A third run skips every stage.
 
-Everything runs once, in a module fixture; the tests read what it left behind. Nothing
-is faked: the annotator's decisions go through the real Argilla SDK over HTTP, as the
-Review issue asks; the same decision made in the browser is tested in test_review_ui.py.
+Everything runs once, in a module fixture; the tests read what it left behind. Every
+component is the real one (vLLM, the Argilla server, models, files): the annotator's
+decisions go through the real Argilla SDK over HTTP, as the Review issue asks; the same
+decision made in the browser is tested in test_review_ui.py.
 """
 
 from __future__ import annotations
