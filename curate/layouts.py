@@ -149,7 +149,7 @@ class Mapped:
 
     `records` has the core columns in order; unless `needs_ids` is false (the input
     was already a record set, whose ids are kept), its `id` column is a placeholder
-    that `records.with_ids` (or `records.hash_strings` of `records.canonical`) fills.
+    that `records.with_ids` (or `records.ids`) fills.
     `meta_json` says whether a text `meta` column was taken as JSON objects as is
     (None when the input has no such column to decide on).
     """

@@ -5,10 +5,9 @@ record model. Well-formed files take a fast columnar path; only when that fails 
 a file scanned line by line, to name the exact line and field that are wrong.
 
 JSON Lines larger than one block go in blocks of whole lines (see `_read_jsonl_blocks`):
-worker threads parse the next blocks (pyarrow under the first block's schema, polars
-wherever that would read differently) and map them, while this thread hashes the ids
-of the current one, so that a large file is read on every core and only a few blocks
-of raw data are alive at a time. The records, rejects and errors are those of the
+worker threads parse blocks (pyarrow under the first block's schema, polars wherever
+that would read differently), map them and hash their ids, so that a large file is
+read on every core and only a few blocks of raw data are alive at a time. The records, rejects and errors are those of the
 whole-file reader, line numbers included.
 
 With `on_error="fail"` (the default) the first bad row raises `InputError`. With
@@ -271,7 +270,7 @@ class _Block:
     size: int
     newlines: int = 0
     first_line: int = 0  # set in file order, once the blocks before it are counted
-    records: pl.DataFrame | None = None  # ids included once hashed; None: no rows
+    records: pl.DataFrame | None = None  # None: no rows
     problems: pl.DataFrame | None = None
     schema: pl.Schema | None = None  # of the raw table
     meta_json: bool | None = None
@@ -315,8 +314,8 @@ def _read_jsonl_blocks(path: Path, mapping: Mapping, source: str, on_error: OnEr
     """Read a JSONL file in blocks of whole lines, to what the whole-file reader reads it to.
 
     The first block is parsed by polars, which infers its schema; worker threads parse
-    the next ones under that schema (see `_Schema`), map them onto the record model
-    and build their canonical content, while this thread hashes the ids in file order.
+    the next ones under that schema (see `_Schema`) and map them onto the record model,
+    ids included, while this thread takes them in file order and counts their lines.
     A block that does not parse is checked line by line here, so that a bad line is
     named (or skipped) with its exact line number. Afterwards:
 
@@ -339,17 +338,16 @@ def _read_jsonl_blocks(path: Path, mapping: Mapping, source: str, on_error: OnEr
     blocks: list[_Block] = []
     line = 1
 
-    def take(block: _Block, canonical: pl.Series | None, schema: _Schema) -> None:
+    def take(block: _Block, schema: _Schema) -> None:
         nonlocal line
         block.first_line, line = line, line + block.newlines
         if block.unparsed is not None:
-            block, canonical = _scan_block(job, block, schema)
-        _hash_block(block, canonical)
+            block = _scan_block(job, block, schema)
         blocks.append(block)
 
     parts = _split_blocks(path, block_bytes)
     first, data = next(parts)
-    take(*_map_block(job, first, data, _Schema(), None), _Schema())
+    take(_map_block(job, first, data, _Schema(), None), _Schema())
     del data
     seen = first.schema if first.records is not None else None  # the schema of the first rows
     guess = _Schema.of(seen) if seen is not None else _Schema()
@@ -357,8 +355,8 @@ def _read_jsonl_blocks(path: Path, mapping: Mapping, source: str, on_error: OnEr
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = deque(pool.submit(_map_block, job, *part, guess, None) for part in islice(parts, workers + 1))
         while pending:
-            block, canonical = pending.popleft().result()
-            take(block, canonical, guess)
+            block = pending.popleft().result()
+            take(block, guess)
             if block.records is not None and seen is None:  # the first rows come after blank or bad lines
                 seen = block.schema
                 guess = _Schema.of(seen)
@@ -370,13 +368,12 @@ def _read_jsonl_blocks(path: Path, mapping: Mapping, source: str, on_error: OnEr
             part = next(parts, None)
             if part is not None:
                 pending.append(pool.submit(_map_block, job, *part, guess, None))
-            del block, canonical
+            del block
 
     def again(block: _Block, schema: _Schema, meta_json: bool | None) -> None:
-        block, canonical = _map_block(job, block, _block_data(path, block), schema, meta_json)
+        block = _map_block(job, block, _block_data(path, block), schema, meta_json)
         if block.unparsed is not None:
-            block, canonical = _scan_block(job, block, schema, meta_json)
-        _hash_block(block, canonical)
+            _scan_block(job, block, schema, meta_json)
 
     if whole is not None and any(b.rejects for b in blocks):
         raise _Fallback  # the whole file's schema is that of its good lines only
@@ -412,12 +409,25 @@ def _read_jsonl_blocks(path: Path, mapping: Mapping, source: str, on_error: OnEr
 
 
 def _split_blocks(path: Path, block_bytes: int) -> Iterator[tuple[_Block, bytes]]:
-    """The file as blocks of whole lines, in order, with their bytes."""
+    """The file as blocks of whole lines, in order, with their bytes.
+
+    Each block's end is found first (the end of the line that holds its last byte),
+    then the block is read in one piece: appending the rest of a line to a block
+    would copy the whole block again.
+    """
     with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
         start = 0
-        while data := fh.read(block_bytes):
-            if not data.endswith(b"\n"):
-                data += fh.readline()  # up to the end of the line
+        while start < size:
+            end = start + block_bytes
+            if end < size:
+                fh.seek(end - 1)
+                fh.readline()  # to the end of the line that holds the block's last byte
+                end = fh.tell()
+            fh.seek(start)
+            data = fh.read(min(end, size) - start)
+            if not data:
+                return  # the file shrank under us
             yield _Block(start, len(data)), data
             start += len(data)
 
@@ -428,10 +438,8 @@ def _block_data(path: Path, block: _Block) -> bytes:
         return fh.read(block.size)
 
 
-def _map_block(
-    job: _Job, block: _Block, data: bytes, schema: _Schema, meta_json: bool | None
-) -> tuple[_Block, pl.Series | None]:
-    """Parse one block and map it (all but the ids); returns it with the canonical content to hash.
+def _map_block(job: _Job, block: _Block, data: bytes, schema: _Schema, meta_json: bool | None) -> _Block:
+    """Parse one block and map it onto the record model, ids included.
 
     A block that does not parse comes back `unparsed`, for `_scan_block`.
     """
@@ -439,13 +447,11 @@ def _map_block(
         raw, block.newlines = _parse_block(data, schema)
     except Exception:  # a bad line somewhere: the reader finds it, once it knows the block's first line
         block.newlines, block.unparsed = data.count(b"\n"), data
-        return block, None
+        return block
     return _map_raw(job, block, raw, meta_json)
 
 
-def _scan_block(
-    job: _Job, block: _Block, schema: _Schema, meta_json: bool | None = None
-) -> tuple[_Block, pl.Series | None]:
+def _scan_block(job: _Job, block: _Block, schema: _Schema, meta_json: bool | None = None) -> _Block:
     """Check an unparsed block line by line: raise at its first bad line, or leave the bad lines out."""
     data, block.unparsed = block.unparsed, None
     good, lines, rejects = _scan_jsonl_lines(job.path, io.BytesIO(data), block.first_line, job.on_error)
@@ -453,7 +459,7 @@ def _scan_block(
     block.lines, block.rejects = lines, tuple(rejects)
     if not good:  # only blank or bad lines
         block.records = None
-        return block, None
+        return block
     if not rejects:
         raise _Fallback  # every line is an object, yet the block does not parse
     try:
@@ -463,22 +469,18 @@ def _scan_block(
     return _map_raw(job, block, raw, meta_json)
 
 
-def _map_raw(job: _Job, block: _Block, raw: pl.DataFrame, meta_json: bool | None) -> tuple[_Block, pl.Series | None]:
+def _map_raw(job: _Job, block: _Block, raw: pl.DataFrame, meta_json: bool | None) -> _Block:
     block.schema = raw.schema
     if raw.height == 0:
         block.records = None
-        return block, None
+        return block
     try:
         mapped = map_rows(raw, job.mapping, source=job.source, path=job.path, meta_json=meta_json)
     except InputError:
         raise _Fallback from None  # a column-level problem: the whole file's columns name it
-    block.records, block.problems, block.meta_json = mapped.records, mapped.problems, mapped.meta_json
-    return block, _records.canonical(mapped.records) if mapped.needs_ids else None
-
-
-def _hash_block(block: _Block, canonical: pl.Series | None) -> None:
-    if canonical is not None:
-        block.records = block.records.with_columns(_records.hash_strings(canonical))
+    block.records = mapped.records.with_columns(_records.ids(mapped.records)) if mapped.needs_ids else mapped.records
+    block.problems, block.meta_json = mapped.problems, mapped.meta_json
+    return block
 
 
 def _arrow_schema(schema: pl.Schema):

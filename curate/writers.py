@@ -29,19 +29,31 @@ def write_records(df: pl.DataFrame, path: str | Path) -> Path:
     return path
 
 
+# Rows per slice when writing JSONL: the lines of one slice are built in memory, not the whole file's.
+_JSONL_SLICE = 65_536
+
+
 def _write_jsonl(df: pl.DataFrame, tmp: Path) -> None:
-    """JSONL with `meta` written as a nested object rather than as JSON-in-a-string."""
-    if "meta" not in df.columns or df.schema["meta"] != pl.String:
-        df.write_ndjson(tmp)
-        return
-    others = [c for c in df.columns if c != "meta"]
-    line = pl.concat_str(
-        pl.struct(others).struct.json_encode().str.strip_suffix("}"),
-        pl.lit(',"meta":'),
-        pl.col("meta").fill_null("{}"),
-        pl.lit("}"),
-    )
-    df.select(line.alias("line")).write_csv(tmp, include_header=False, quote_style="never")
+    """JSONL with `meta` written as a nested object rather than as JSON-in-a-string.
+
+    Written in slices, so that only one slice's lines are in memory at a time
+    (the whole file's would be as large as the file).
+    """
+    nested_meta = "meta" in df.columns and df.schema["meta"] == pl.String
+    if nested_meta:
+        others = [c for c in df.columns if c != "meta"]
+        line = pl.concat_str(
+            pl.struct(others).struct.json_encode().str.strip_suffix("}"),
+            pl.lit(',"meta":'),
+            pl.col("meta").fill_null("{}"),
+            pl.lit("}"),
+        )
+    with open(tmp, "wb") as fh:
+        for part in df.iter_slices(_JSONL_SLICE):
+            if nested_meta:
+                part.select(line.alias("line")).write_csv(fh, include_header=False, quote_style="never")
+            else:
+                part.write_ndjson(fh)
 
 
 def write_rejects(rejects: Iterable[Reject], path: str | Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 
 import polars as pl
 import pytest
@@ -321,6 +322,32 @@ def test_id_ignores_whitespace_and_unicode_compatibility_forms(tmp_path):
     assert plain == messy
 
 
+def test_id_is_the_128_bit_blake3_of_the_canonical_content(tmp_path):
+    # A fixed value on purpose: ids are stored in datasets, journals and review
+    # workspaces, so a change of the id function must fail here, not go unnoticed.
+    # Checked against the reference `blake3` package:
+    # blake3("user\x1fHello world\x1eassistant\x1fok fine\x1dx").hexdigest(length=16)
+    assert _id(tmp_path, {"prompt": "Hello world", "completion": "ok fine", "label": "x"}) == "eaddec38b92623fac1be6e23163a66b2"
+
+
+def test_fast_normalization_equals_the_plain_definition():
+    # normalize_text skips work where it can (ASCII rows, lone spaces); on random text
+    # of every Unicode whitespace character, ligatures and wide forms it must still
+    # give what the plain NFKC + collapse + strip gives.
+    rng = random.Random(1)
+    alphabet = list("ab c\t\n\r\x0b\x0c\x1c\x85\xa0\u1680\u2000\u2005\u200a\u200b\u2028\u2029\u202f\u205f\u3000ﬁé　  ")
+    text = pl.Series("t", ["".join(rng.choices(alphabet, k=rng.randint(0, 12))) for _ in range(20_000)] + [None])
+    plain = pl.col("t").str.normalize("NFKC").str.replace_all(r"\s+", " ").str.strip_chars()
+    assert_frame_equal(text.to_frame().select(records.normalize_text(pl.col("t"))), text.to_frame().select(plain))
+
+
+def test_ids_in_slices_equal_ids_in_one_go(tmp_path, monkeypatch):
+    rows = [{"prompt": f"question {i}", "completion": f"answer  {i}", "label": "ab"[i % 2]} for i in range(23)]
+    one_go = _read(write_jsonl(tmp_path / "a.jsonl", rows))
+    monkeypatch.setattr(records, "_ID_SLICE", 5)  # 5 slices of at most 5 rows, on worker threads
+    assert_frame_equal(records.with_ids(one_go.with_columns(pl.lit(None, pl.String).alias("id"))), one_go)
+
+
 def test_id_depends_on_content_label_and_roles(tmp_path):
     base = {"prompt": "Hello", "completion": "ok", "label": "x"}
     ids = {
@@ -375,6 +402,22 @@ def test_round_trip_jsonl_parquet_jsonl(tmp_path):
     line = json.loads((tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert line["meta"] == {"ticket": 1, "tags": ["x"], "note": 'comma, "quote"'}
     assert line["id"] == first["id"][0]
+
+
+@pytest.mark.parametrize("meta", [True, False])
+def test_jsonl_written_in_slices_reads_back_whole(tmp_path, monkeypatch, meta):
+    from curate import writers
+
+    first = _read(write_jsonl(tmp_path / "raw.jsonl", [{"messages": chat(f"q{i}", f"a{i}"), "n": i} for i in range(20)]))
+    if not meta:
+        first = first.drop("meta")
+    monkeypatch.setattr(writers, "_JSONL_SLICE", 7)  # 3 slices: 7 + 7 + 6 rows
+    write_records(first, tmp_path / "out.jsonl")
+    lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 20 and [json.loads(line)["id"] for line in lines] == first["id"].to_list()
+    if meta:
+        assert [json.loads(line)["meta"] for line in lines] == [{"n": i} for i in range(20)]
+        assert_frame_equal(_read(tmp_path / "out.jsonl").drop("source"), first.drop("source"))
 
 
 def test_parquet_record_set_keeps_stage_columns(tmp_path):
