@@ -17,6 +17,7 @@ With `on_error="fail"` (the default) the first bad row raises `InputError`. With
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -484,12 +485,19 @@ def _map_raw(job: _Job, block: _Block, raw: pl.DataFrame, meta_json: bool | None
 
 
 def _arrow_schema(schema: pl.Schema):
-    """The pyarrow schema that reads to exactly `schema` in polars, or None."""
+    """The pyarrow schema that reads to exactly `schema` in polars, or None.
+
+    Text is read as string views where this pyarrow's JSON reader can: polars stores
+    text as views, so the table then becomes a polars frame without a copy of every
+    string (about 7% less CPU for the parse and the conversion together).
+    """
     import pyarrow as pa
+
+    text = pa.string_view() if _json_reads_string_views() else pa.string()
 
     def small(t):  # pyarrow's JSON reader takes no large_* types
         if pa.types.is_large_string(t) or pa.types.is_string_view(t):
-            return pa.string()
+            return text
         if pa.types.is_large_list(t) or pa.types.is_list(t) or pa.types.is_list_view(t):
             return pa.list_(small(t.value_type))
         if pa.types.is_struct(t):
@@ -504,6 +512,19 @@ def _arrow_schema(schema: pl.Schema):
     except Exception:
         return None
     return arrow
+
+
+@functools.cache
+def _json_reads_string_views() -> bool:
+    """Whether this pyarrow's JSON reader takes a string-view column in an explicit schema."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        options = pj.ParseOptions(explicit_schema=pa.schema([("a", pa.string_view())]))
+        return pj.read_json(pa.BufferReader(b'{"a": "x"}\n'), parse_options=options).column("a").to_pylist() == ["x"]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False
 
 
 def _parse_block(data: bytes, schema: _Schema) -> tuple[pl.DataFrame, int]:
@@ -550,13 +571,14 @@ def _one_object_per_line(data: bytes, rows: int) -> int | None:
     """The number of newlines in `data`, if it has `rows` lines that each start with `{` and end with `}` (before an optional CR)."""
     if not data:
         return 0 if rows == 0 else None
-    b = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(b == 0x0A)  # where each line's newline is
+    ends = _newline_offsets(data)
     newlines = len(ends)
-    if b[-1] != 0x0A:
-        ends = np.append(ends, len(b))  # a last line without one
+    if data[-1] != 0x0A:
+        ends.append(len(data))  # a last line without one
     if len(ends) != rows:
         return None
+    b = np.frombuffer(data, dtype=np.uint8)
+    ends = np.array(ends, dtype=np.int64)
     starts = np.concatenate(([0], ends[:-1] + 1))
     if (starts >= ends).any() or (b[starts] != 0x7B).any():  # a blank line, or one not starting with {
         return None
@@ -565,6 +587,19 @@ def _one_object_per_line(data: bytes, rows: int) -> int | None:
     if (last < starts).any() or (b[last] != 0x7D).any():
         return None
     return newlines
+
+
+def _newline_offsets(data: bytes) -> list[int]:
+    """Where each newline is. `bytes.find` skips to the next one with memchr: about 2.5x
+    less CPU than numpy's compare-then-nonzero over the whole block, for lines of a few
+    hundred bytes."""
+    ends: list[int] = []
+    find, append = data.find, ends.append
+    pos = find(b"\n")
+    while pos >= 0:
+        append(pos)
+        pos = find(b"\n", pos + 1)
+    return ends
 
 
 def _whole_file_schema(path: Path, blocks: list[_Block]) -> pl.Schema:
