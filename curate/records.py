@@ -40,23 +40,27 @@ CORE_COLUMNS = tuple(CORE_SCHEMA)
 _ROLE_SEP, _MSG_SEP, _LABEL_SEP = "\x1f", "\x1e", "\x1d"
 
 
-# The characters regex `\s` matches (Unicode White_Space) other than the plain space.
-_OTHER_SPACE = r"[\t\n\x0B\x0C\r\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]"
+# The characters regex `\s` matches (Unicode White_Space) other than the plain space:
+# the ASCII ones, and the others, which only a non-ASCII text can hold.
+_ASCII_SPACE = r"[\t\n\x0B\x0C\r]"
+_UNICODE_SPACE = r"[\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]"
 
 
 def normalize_text(expr: pl.Expr) -> pl.Expr:
     """Unicode NFKC, whitespace runs collapsed to one space, ends stripped (case is kept).
 
     The same result as `.str.normalize("NFKC").str.replace_all(r"\\s+", " ").str.strip_chars()`,
-    about 5x faster on typical text: NFKC leaves ASCII unchanged, so only rows with a
-    non-ASCII character are normalized (string kernels skip nulls); and whitespace goes
-    in two passes whose matches cannot start at a lone space, which a search skips
-    over quickly (every other whitespace character to a space, then runs of spaces to
-    one), where one pattern for both would stop at every space of the text.
+    about 5x faster on typical text. NFKC leaves ASCII unchanged, so only rows with a
+    non-ASCII character are normalized, and only they can hold a non-ASCII space
+    (string kernels skip the nulls `when` leaves). Whitespace then goes in passes
+    whose matches cannot start at a lone space and whose first bytes are few, which
+    a search skips to quickly: ASCII whitespace other than the space to a space,
+    then runs of spaces to one. One pattern for it all would stop at every space.
     """
     non_ascii = expr.str.len_bytes() != expr.str.len_chars()
-    text = pl.coalesce(pl.when(non_ascii).then(expr).str.normalize("NFKC"), expr)
-    return text.str.replace_all(_OTHER_SPACE, " ").str.replace_all("  +", " ").str.strip_chars()
+    unicode = pl.when(non_ascii).then(expr).str.normalize("NFKC").str.replace_all(_UNICODE_SPACE, " ")
+    text = pl.coalesce(unicode, expr)
+    return text.str.replace_all(_ASCII_SPACE, " ").str.replace_all("  +", " ").str.strip_chars()
 
 
 def canonical_content(messages: pl.Expr, label: pl.Expr) -> pl.Expr:
