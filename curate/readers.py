@@ -7,8 +7,8 @@ a file scanned line by line, to name the exact line and field that are wrong.
 JSON Lines larger than one block go in blocks of whole lines (see `_read_jsonl_blocks`):
 worker threads parse blocks (pyarrow under the first block's schema, polars wherever
 that would read differently), map them and hash their ids, so that a large file is
-read on every core and only a few blocks of raw data are alive at a time. The records, rejects and errors are those of the
-whole-file reader, line numbers included.
+read on every core and only a few blocks of raw data are alive at a time. The
+records, rejects and errors are those of the whole-file reader, line numbers included.
 
 With `on_error="fail"` (the default) the first bad row raises `InputError`. With
 `on_error="skip"` bad rows are left out and returned as `Reject`s, one reason each.

@@ -85,11 +85,6 @@ def content_hash(canonical: pl.Expr) -> pl.Expr:
     return canonical.chash.blake3().str.head(32)
 
 
-def hash_strings(values: pl.Series) -> pl.Series:
-    """`content_hash` of a string column."""
-    return values.to_frame().select(content_hash(pl.col(values.name))).to_series()
-
-
 # Rows per slice when ids are computed in slices (see `with_ids`).
 _ID_SLICE = 65_536
 
