@@ -1,10 +1,13 @@
-"""Shared helpers: the real `curate` console script, and tiny input files."""
+"""Shared helpers: the real `curate` console script, tiny input files, and the Argilla UI in a browser."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 CURATE = Path(sys.executable).parent / "curate"
@@ -37,3 +40,38 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def chat(user: str, assistant: str, system: str | None = None) -> list[dict]:
     turns = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+# `make test` installs Debian's chromium (the `browser` target): a missing browser is a broken set-up, not a skip.
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+BROWSER_TIMEOUT_MS = 30_000
+
+
+@contextlib.contextmanager
+def annotator_page(url: str, user: str, password: str, failure_screenshot: Path) -> Iterator:
+    """A Playwright page in headless Chromium, signed in to the Argilla UI at `url` as `user`.
+
+    Signs in the way a person does, from the sign-in page nobody is past yet; a failure
+    inside the block leaves a screenshot at `failure_screenshot`.
+    """
+    from playwright import sync_api
+
+    assert CHROMIUM, "Debian's chromium is not installed: run `make browser` (`make test` does)"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(BROWSER_TIMEOUT_MS)
+        try:
+            page.goto(f"{url}/", wait_until="networkidle")
+            assert page.url.endswith("/sign-in")  # nobody is signed in
+            page.locator("input[type=text]").first.fill(user)
+            page.locator("input[type=password]").fill(password)
+            page.locator("button[type=submit]").click()
+            yield page
+        except Exception:
+            page.screenshot(path=str(failure_screenshot))
+            raise
+        finally:
+            browser.close()

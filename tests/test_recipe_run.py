@@ -2,15 +2,14 @@
 
 `smallset run` synthesizes tickets with the vLLM teacher, curates them with real
 tickets, pushes the synthetic ones to a real Argilla server that the run starts
-itself, and stops to wait for people. An annotator answers through the SDK; the
-next run is killed while it trains and started again; it resumes the adapter,
-evaluates it through vLLM with LoRA and writes the report, which headless
-Chromium opens. A third run skips every stage.
+itself, and stops to wait for people. An annotator answers in the Argilla web UI
+(headless Chromium); the next run is killed while it trains and started again; it
+resumes the adapter, evaluates it through vLLM with LoRA and writes the report,
+which headless Chromium opens. A third run skips every stage.
 
 Everything runs once, in a module fixture; the tests read what it left behind. Every
-component is the real one (vLLM, the Argilla server, models, files): the annotator's
-decisions go through the real Argilla SDK over HTTP, as the Review issue asks; the same
-decision made in the browser is tested in test_review_ui.py.
+component is the real one (vLLM, the Argilla server, models, files, the browser): the
+annotator signs in and decides in the Argilla web UI, as a person does.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import pytest
 from curate.drops import read_drops
 from curate.manifest import manifest_path
 from curate.readers import read_records
-from conftest import write_jsonl
+from conftest import annotator_page, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALLSET = Path(sys.executable).parent / "smallset"
@@ -108,25 +107,38 @@ def _state(run_dir: Path) -> dict:
 
 
 def _answer_as_annotator(workspace: Path, dataset_name: str) -> dict[str, str]:
-    """An annotator (created with the CLI) submits a decision on every record: all accepted but one."""
-    import argilla as rg
+    """An annotator (created with the CLI) decides on every record in the Argilla web UI: all accepted but the first.
 
+    The decisions are made in headless Chromium, as a person makes them; the SDK only
+    reads back which record got which decision, for the tests to compare with the run.
+    """
     from curate.review.client import connect
 
     added = subprocess.run([str(CURATE), "review", "users", "add", "ann", "--workspace", str(workspace)],
                            capture_output=True, text=True, timeout=300)
     assert added.returncode == 0, added.stderr
-    client = connect(workspace).client
-    annotator = client.users("ann")
-    dataset = client.datasets(dataset_name, workspace="smallset")
-    records = list(dataset.records)
-    assert records, "the run pushed nothing"
-    decisions = {}
-    for i, record in enumerate(records):
-        decision = "reject" if i == 0 else "accept"
-        decisions[str(record.id)] = decision  # the SDK record id is the external id
-        record.responses.add(rg.Response("decision", decision, user_id=annotator.id, status="submitted"))
-    dataset.records.log(records)
+    password = added.stdout.strip().splitlines()[-1]
+    conn = connect(workspace)
+    dataset = conn.client.datasets(dataset_name, workspace="smallset")
+    pushed = len(list(dataset.records))
+    assert pushed, "the run pushed nothing"
+    with annotator_page(conn.url, "ann", password, workspace.parent / "failure.png") as page:
+        page.get_by_text(dataset_name, exact=True).click()  # the dataset card on the home page
+        page.wait_for_url("**/dataset/*/annotation-mode**")
+        for i in range(pushed):
+            page.get_by_text(f"{i + 1} of {pushed}").wait_for()
+            page.get_by_text("reject" if i == 0 else "accept", exact=True).first.click()
+            page.get_by_text("Submit", exact=True).click()
+
+    def submitted(record) -> list[str]:  # the UI saves drafts as you click: only submitted answers count
+        return [r.value for r in record.responses["decision"] if getattr(r.status, "value", r.status) == "submitted"]
+
+    decisions: dict[str, str] = {}
+    deadline = time.monotonic() + 30
+    while len(decisions) < pushed and time.monotonic() < deadline:  # the last submit may still be on its way
+        time.sleep(0.5)
+        answers = {str(record.id): submitted(record) for record in dataset.records(with_responses=True)}
+        decisions = {rid: values[0] for rid, values in answers.items() if values}  # the SDK record id is the external id
     return decisions
 
 

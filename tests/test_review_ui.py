@@ -13,26 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from conftest import annotator_page
+from playwright import sync_api
 
 from curate.records import CORE_SCHEMA, order_columns, with_ids
 from curate.review.server import ReviewServer, free_port
 from curate.writers import write_records
 
-from playwright import sync_api
-
-# `make test` installs Debian's chromium (the `browser` target): a missing browser is a broken set-up, not a skip.
-CHROMIUM = shutil.which("chromium")
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 CORRECTION = "Open Settings, then Billing, and press Download invoice."
-TIMEOUT_MS = 30_000
 
 
 def curate(workspace: Path, *args) -> "click.testing.Result":  # noqa: F821
@@ -73,47 +66,31 @@ def pushed(tmp_path_factory):
 
 
 def test_annotator_filters_and_corrects_in_the_browser(pushed):
-    root, url = pushed["root"], pushed["url"]
-    assert CHROMIUM, "Debian's chromium is not installed: run `make browser` (`make test` does)"
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
-        try:
-            page.goto(f"{url}/", wait_until="networkidle")
-            assert page.url.endswith("/sign-in")  # nobody is signed in
-            page.locator("input[type=text]").first.fill("ann")
-            page.locator("input[type=password]").fill(pushed["password"])
-            page.locator("button[type=submit]").click()
+    root = pushed["root"]
+    with annotator_page(pushed["url"], "ann", pushed["password"], root / "failure.png") as page:
+        page.get_by_text("invoices", exact=True).click()  # the dataset card on the home page
+        page.wait_for_url("**/dataset/*/annotation-mode**")
+        page.get_by_text("1 of 6").wait_for()
+        sync_api.expect(page.get_by_text("Keep this example?")).to_be_visible()
 
-            page.get_by_text("invoices", exact=True).click()  # the dataset card on the home page
-            page.wait_for_url("**/dataset/*/annotation-mode**")
-            page.get_by_text("1 of 6").wait_for()
-            sync_api.expect(page.get_by_text("Keep this example?")).to_be_visible()
+        page.get_by_text("Filters", exact=True).click()
+        page.get_by_text("Metadata", exact=True).click()
+        page.get_by_text("source", exact=True).click()
+        page.get_by_text("synth:tickets", exact=True).click()
+        page.keyboard.press("Escape")
+        page.get_by_text("1 of 2").wait_for()  # rows 0 and 3 are synthetic
+        assert "metadata=source." in page.url
 
-            page.get_by_text("Filters", exact=True).click()
-            page.get_by_text("Metadata", exact=True).click()
-            page.get_by_text("source", exact=True).click()
-            page.get_by_text("synth:tickets", exact=True).click()
-            page.keyboard.press("Escape")
-            page.get_by_text("1 of 2").wait_for()  # rows 0 and 3 are synthetic
-            assert "metadata=source." in page.url
-
-            editor = page.locator("[contenteditable=true]").first
-            original = editor.inner_text().strip()
-            assert original in {"Invoice 0 is in your account.", "Invoice 3 is in your account."}
-            n = int(original.split()[1])
-            editor.click()
-            page.keyboard.press("Control+A")
-            page.keyboard.type(CORRECTION)
-            page.get_by_text("accept", exact=True).first.click()  # the decision is required
-            page.get_by_text("Submit", exact=True).click()
-            page.get_by_text("2 of 2").wait_for()  # submitted: the UI moves on to the next pending record
-        except Exception:
-            page.screenshot(path=str(root / "failure.png"))
-            raise
-        finally:
-            browser.close()
+        editor = page.locator("[contenteditable=true]").first
+        original = editor.inner_text().strip()
+        assert original in {"Invoice 0 is in your account.", "Invoice 3 is in your account."}
+        n = int(original.split()[1])
+        editor.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type(CORRECTION)
+        page.get_by_text("accept", exact=True).first.click()  # the decision is required
+        page.get_by_text("Submit", exact=True).click()
+        page.get_by_text("2 of 2").wait_for()  # submitted: the UI moves on to the next pending record
 
     out = root / "reviewed.parquet"
     result = curate(root / "ws", "pull", pushed["data"], "-o", out)
