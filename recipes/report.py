@@ -28,6 +28,8 @@ def write_run_report(ctx, output: Path) -> Path:
     evaluation = _json(run_dir / "eval" / "eval.json")
     sections = [
         _objective(recipe, evaluation),
+        _curve(run_dir),
+        _ablations(recipe, evaluation),
         _stages(ctx),
         _sources(run_dir, by_name),
     ]
@@ -61,6 +63,10 @@ def _verdict(evaluation: dict[str, Any] | None) -> tuple[str, str]:
     text = str(verdict.get("text") or "")
     for prefix in ("PASS: ", "FAIL: "):
         text = text.removeprefix(prefix)
+    margin = verdict.get("margin_interval") or verdict.get("interval")
+    if margin:
+        what = "margin over the reference" if verdict.get("margin_interval") else verdict.get("metric", "metric")
+        text += f"; 95% interval of the {what}: [{margin['low']:.4f}, {margin['high']:.4f}]"
     return ("pass" if verdict.get("passed") else "fail"), text
 
 
@@ -75,6 +81,61 @@ def _objective(recipe, evaluation: dict[str, Any] | None) -> str:
             f"<p><b>Task:</b> {html.escape(obj.task)}. <b>Target:</b> {html.escape(target)}.</p>"
             f'<p id="verdict" style="font-size:1.4em;color:{colour}"><b>Verdict: {status.upper()}</b> '
             f"{html.escape(summary)}</p>")
+
+
+def _curve(run_dir: Path) -> str:
+    """The learning curve beside the verdict: is more data worth it, and how many rows are enough?"""
+    curve = _json(run_dir / "curve" / "curve.json")
+    if not curve:
+        return ""
+    rows = [[p["size"], _pct(p["value"]), f"[{_pct(p['low'])}, {_pct(p['high'])}]", f"{p.get('train_seconds') or 0:.0f}"]
+            for p in curve["points"]]
+    knee = curve["knee"]
+    png = run_dir / "curve" / "curve.png"
+    kshot = curve["baselines"]["kshot"]["value"]
+    return ("<h2>Learning curve</h2>"
+            f'<p id="knee"><b>Knee: {knee["size"]} rows.</b> {html.escape(knee["reason"])}; base k-shot {_pct(kshot)}. '
+            f"Sizes are nested, seeded subsets of the training set ({html.escape(curve['stratify'])} label mix), "
+            f"all scored on the same {curve['rows_tested']} test rows.</p>"
+            + (img(_png(png), "learning curve") if png.exists() else "")
+            + table(["training rows", curve["metric"], "95% interval", "training seconds"], rows))
+
+
+def _ablations(recipe, evaluation: dict[str, Any] | None) -> str:
+    """Each left-out step's effect on the objective, in words and with a paired interval."""
+    if not evaluation or not recipe.ablate:
+        return ""
+    metric = recipe.objective.metric
+    full = evaluation["intervals"]["adapter"][metric]
+    rows, words = [], []
+    for name in recipe.ablate:
+        key = f"no-{name}"
+        diff = (evaluation.get("differences") or {}).get(f"{key}-adapter", {}).get(metric)
+        ci = (evaluation.get("intervals") or {}).get(key, {}).get(metric)
+        if diff is None or ci is None:
+            continue
+        effect = -diff["value"] * 100  # what the step adds: the full pipeline minus the variant without it
+        lo, hi = -diff["high"] * 100, -diff["low"] * 100
+        if not diff["significant"]:
+            verdict = "no clear effect"
+            sentence = (f"{name}: no clear effect ({effect:+.1f} points, interval {lo:+.1f} to {hi:+.1f} "
+                        "includes zero)")
+        else:
+            verdict = "helped" if effect > 0 else "hurt"
+            sentence = f"{name} {verdict}: {abs(effect):.1f} points of {metric} (interval {lo:+.1f} to {hi:+.1f})"
+        words.append(sentence)
+        rows.append([f"without {name}", _pct(ci["value"]), f"[{_pct(ci['low'])}, {_pct(ci['high'])}]",
+                     f"{effect:+.1f}", f"[{lo:+.1f}, {hi:+.1f}]", verdict])
+    return ("<h2>Ablations: what each step did to the objective</h2>"
+            f"<p>Every variant is the recipe without one step or source, trained with the same settings and "
+            f"seed and scored by the same engine on the same test rows against the same k-shot baseline. "
+            f"Full pipeline: {metric} {_pct(full['value'])} [{_pct(full['low'])}, {_pct(full['high'])}].</p>"
+            + "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"
+            + table(["variant", metric, "95% interval", "the step's effect (points)", "paired 95% interval", "verdict"], rows))
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
 
 
 def _manifests(folder: Path) -> list[dict[str, Any]]:

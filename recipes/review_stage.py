@@ -136,3 +136,38 @@ def _agreement(pulled: Path) -> list | None:
         return None
     found = [a for a in json.loads(path.read_text(encoding="utf-8")).get("agreement", []) if a.get("units")]
     return found or None
+
+
+def apply_decisions(stage) -> None:
+    """An ablation variant's review: the main run's decisions applied to the variant's rows.
+
+    A variant must not send its own rows to people, but it must not train on what people
+    threw out either: rows the main run's reviewers rejected, or routed and left pending,
+    are dropped; corrected rows take the correction; rows the main run never routed are kept.
+    """
+    source, decisions = stage.inputs[0], Path(stage.params["decisions"])
+    rows = read_records(source).records
+    pulled = read_records(decisions).records
+    routed = pulled.filter(pulled["meta"].fill_null("{}").str.json_path_match("$.review.record").is_not_null())
+    decided = {rid: (outcome, i) for i, (rid, outcome) in enumerate(zip(routed["id"], routed[OUTCOME]))}
+    keep, replaced, dropped, reasons = [], [], [], []
+    for i, rid in enumerate(rows["id"].to_list()):
+        outcome, j = decided.get(rid, (None, None))
+        if outcome in ("rejected", "pending"):
+            dropped.append(rid)
+            reasons.append(f"review_{outcome}")
+        elif outcome == "corrected":
+            replaced.append(j)
+        else:
+            keep.append(i)
+    common = [c for c in rows.columns if c in routed.columns]
+    kept = pl.concat([rows[keep].select(common), routed[replaced].select(common)], how="vertical_relaxed")
+    write_records(kept, stage.output)
+    write_drops(make_drops(id=dropped, reason=reasons, step="review",
+                           detail="decided in the main run's review"), stage.output)
+    manifest = Manifest("smallset review (main run's decisions)", parameters={"decisions": str(decisions)})
+    manifest.add_input(source, rows=rows.height)
+    manifest.add_input(decisions, rows=pulled.height)
+    manifest.add_output(stage.output, rows=kept.height)
+    manifest.counts = {"in": rows.height, "out": kept.height, "dropped": len(dropped), "corrected": len(replaced)}
+    manifest.write(stage.output)

@@ -140,17 +140,22 @@ def is_fresh(stage: Stage, entry: dict | None, key: str) -> bool:
 def _perform(stage: Stage, ctx: Context, resuming: bool) -> str | None:
     """Run one stage; a string back means 'stop here and tell the user this'."""
     stage.folder.mkdir(parents=True, exist_ok=True)
-    if stage.name == "review":
+    if stage.kind == "review":
         from recipes.review_stage import review
 
         return review(stage, ctx)
-    if stage.name == "report":
+    if stage.kind == "decisions":
+        from recipes.review_stage import apply_decisions
+
+        apply_decisions(stage)
+        return None
+    if stage.kind == "report":
         from recipes.report import write_run_report
 
         write_run_report(ctx, stage.output)
         return None
     for cmd in stage.commands:
-        if stage.name == "train" and resuming and (stage.output / "checkpoints" / "last").exists():
+        if stage.kind == "train" and resuming and (stage.output / "checkpoints" / "last").exists():
             cmd = [*cmd, "--resume"]
         run_command(cmd, stage.name)
     return None

@@ -120,7 +120,9 @@ class Recipe(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     """Options of `train lora`."""
     eval: dict[str, Any] = Field(default_factory=dict)
-    """Options of `train eval`."""
+    """Options of `train eval`, plus two of the run's own: `curve` (options of `train curve`: a learning
+    curve of the training set, whose knee `select` without a size takes) and `ablate` (curation steps
+    or sources to leave out one at a time, each variant trained and scored beside the full pipeline)."""
 
     path: Path = Field(default=Path("recipe.yaml"), exclude=True)
 
@@ -140,6 +142,53 @@ class Recipe(_Strict):
                 raise ValueError(f"step {i}: unknown step '{step}'; known: {', '.join(CURATE_STEPS)}")
             out.append({step: options or {}})
         return out
+
+    @model_validator(mode="after")
+    def _ablations_exist(self) -> Recipe:
+        known = self.ablatable()
+        for i, name in enumerate(self.ablate):
+            if name not in known:
+                raise ValueError(f"eval.ablate.{i}: '{name}' is not a step or source of this recipe; "
+                                 f"one of: {', '.join(known) or 'none'}")
+        if len(set(self.ablate)) != len(self.ablate):
+            raise ValueError("eval.ablate names a step twice")
+        curve = self.eval.get("curve")
+        if curve is not None and not isinstance(curve, dict):
+            raise ValueError("eval.curve: the options of `train curve`, e.g. {sizes: '125,250,all'}")
+        return self
+
+    @property
+    def ablate(self) -> list[str]:
+        value = self.eval.get("ablate") or []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("eval.ablate: a list of step or source names, e.g. [check-labels, synth]")
+        return value
+
+    def step_names(self) -> list[str]:
+        """The curation steps' stage names, in order (a repeated step is `name-2`, `name-3`...)."""
+        seen: dict[str, int] = {}
+        names = []
+        for step in self.curate:
+            (name, _), = step.items()
+            seen[name] = seen.get(name, 0) + 1
+            names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+        return names
+
+    def ablatable(self) -> list[str]:
+        """What `eval.ablate` may leave out: every curation step, and a source when another remains."""
+        sources = (["real"] if self.data.real and self.data.synth else []) + (["synth"] if self.data.synth else [])
+        return [*self.step_names(), *sources]
+
+    def without(self, name: str) -> Recipe:
+        """This recipe with one curation step (by stage name) or one source left out (for ablations)."""
+        if name == "synth":
+            return self.model_copy(update={"data": self.data.model_copy(update={"synth": None})})
+        if name == "real":
+            return self.model_copy(update={"data": self.data.model_copy(update={"real": []})})
+        steps = [step for step, stage in zip(self.curate, self.step_names()) if stage != name]
+        return self.model_copy(update={"curate": steps})
 
     def resolve(self, relative: Path | str) -> Path:
         """A path from the recipe, relative to the recipe file's folder."""

@@ -37,6 +37,9 @@ class Stage:
     params: dict[str, Any] = field(default_factory=dict)
     """Settings of a stage the runner performs itself (review, report)."""
     what: str = ""
+    kind: str = "command"
+    """How the runner performs it: command (its commands), train (commands that resume), review,
+    decisions (an ablation variant takes the main run's review decisions), report."""
 
     @property
     def folder(self) -> Path:
@@ -85,18 +88,39 @@ def _exe(tool: str) -> str:
 
 
 def plan(recipe: Recipe, run_dir: Path) -> list[Stage]:
-    """Every stage of `recipe`, in order, with its output under `run_dir`. Validates every option."""
+    """Every stage of `recipe`, in order, with its output under `run_dir`. Validates every option.
+
+    Ablation variants (`eval.ablate`) come after the main training stage: each is the recipe
+    without one step or source, sharing the main run's stages up to the first that differs.
+    The evaluation then scores the main adapter and every variant's in one engine.
+    """
+    stages, pool = _pipeline(recipe, run_dir)
+    train = next(s for s in stages if s.name == "train")
+    curve = next((s.output for s in stages if s.name == "curve"), None)
+    variants: dict[str, Path] = {}
+    for name in recipe.ablate:
+        extra = _variant(recipe, run_dir, name, stages, curve)
+        stages.extend(extra)
+        variants[f"no-{name}"] = extra[-1].output
+    stages.append(_eval_stage(recipe, run_dir, train, pool, variants))
+    stages.append(Stage("report", run_dir / "report.html", [s.output for s in stages],
+                        params={"recipe": recipe.model_dump(mode="json")}, what="the run report", kind="report"))
+    return stages
+
+
+def _pipeline(recipe: Recipe, run_dir: Path, *, main: bool = True, main_curve: Path | None = None) -> tuple[list[Stage], Path]:
+    """The stages from the sources to the trained adapter, and the k-shot pool (the real rows, else all).
+
+    `main_curve`: planning an ablation variant, the main run's learning curve (which its
+    `select --size auto` reads too); the variant has no curve stage of its own.
+    """
     cmds = _commands()
     path = recipe.path
     stages: list[Stage] = []
     test = recipe.resolve(recipe.data.test)
 
     def args(command: str, options: dict, where: str, reserved: tuple[str, ...] = ()) -> list[str]:
-        if command not in cmds:
-            from curate.errors import InputError
-
-            raise InputError(path, f"this installation has no `{command}` command", field=where)
-        return command_args(cmds[command], options, where=where, path=path, reserved=reserved + ("output",))
+        return _args(cmds, path, command, options, where, reserved)
 
     parts: list[Path] = []
     if recipe.data.real:
@@ -126,12 +150,11 @@ def plan(recipe: Recipe, run_dir: Path) -> list[Stage]:
     stages.append(Stage("merge", current, list(parts),
                         [[_exe("curate"), "ingest", *map(str, parts), "-o", str(current)]],
                         what="one dataset from every source"))
+    pool = parts[0] if recipe.data.real else current
 
-    seen: dict[str, int] = {}
-    for i, step in enumerate(recipe.curate):
+    curve = recipe.eval.get("curve")
+    for i, (step, stage_name) in enumerate(zip(recipe.curate, recipe.step_names())):
         (name, options), = step.items()
-        seen[name] = seen.get(name, 0) + 1
-        stage_name = name if seen[name] == 1 else f"{name}-{seen[name]}"
         options = dict(options)
         extra: list[str] = []
         inputs = [current]
@@ -142,6 +165,16 @@ def plan(recipe: Recipe, run_dir: Path) -> list[Stage]:
             options.setdefault("judge", True)
             if recipe.objective.task == "classification" and recipe.objective.labels:
                 options.setdefault("labels", recipe.objective.labels)
+        if name == "select":  # the size and the label mix follow the objective unless the recipe says
+            options.setdefault("size", "auto")
+            options.setdefault("metric", recipe.objective.metric)
+            options.setdefault("test", str(test))
+            if str(options["size"]) == "auto" and curve is not None:
+                if main:
+                    stages.append(_curve_stage(recipe, run_dir, current, pool))
+                curve_json = stages[-1].output if main else main_curve
+                options.setdefault("curve", str(curve_json))
+                inputs.append(curve_json)
         out = run_dir / stage_name / f"{stage_name}.parquet"
         cmd = [_exe("curate"), name, str(current), "-o", str(out), *extra,
                *args(f"curate {name}", options, f"curate.{i}.{name}", reserved=("against",))]
@@ -155,25 +188,112 @@ def plan(recipe: Recipe, run_dir: Path) -> list[Stage]:
             "dataset": recipe.review_dataset, "key": recipe.name, "wait": recipe.review.wait, "push": push,
             "workspace": str(recipe.resolve(recipe.review.workspace)) if recipe.review.workspace else None,
             "port": recipe.review.port,
-        }, what="people review the routed rows in Argilla"))
+        }, what="people review the routed rows in Argilla", kind="review"))
         current = out
 
     adapter_dir = run_dir / "train"
     stages.append(Stage("train", adapter_dir, [current],
                         [[_exe("train"), "lora", str(current), "-o", str(adapter_dir),
                           *args("train lora", recipe.train, "train", reserved=("resume",))]],
-                        what="train the LoRA adapter"))
+                        what="train the LoRA adapter", kind="train"))
+    if curve is not None and main and not any(s.name == "curve" for s in stages):
+        stages.append(_curve_stage(recipe, run_dir, current, pool))
+    return stages, pool
+
+
+def _args(cmds: dict[str, click.Command], path: Path, command: str, options: dict, where: str,
+          reserved: tuple[str, ...] = ()) -> list[str]:
+    if command not in cmds:
+        from curate.errors import InputError
+
+        raise InputError(path, f"this installation has no `{command}` command", field=where)
+    return command_args(cmds[command], options, where=where, path=path, reserved=reserved + ("output",))
+
+
+def _eval_options(recipe: Recipe) -> dict[str, Any]:
+    """`eval` without the run's own keys (curve, ablate): the options of `train eval`."""
+    return {k: v for k, v in recipe.eval.items() if k not in ("curve", "ablate")}
+
+
+def _objective_args(recipe: Recipe) -> list[str]:
+    args = ["--task", EVAL_TASKS[recipe.objective.task]]
+    if recipe.objective.labels:
+        args += ["--labels", ",".join(recipe.objective.labels)]
+    return args
+
+
+def _curve_stage(recipe: Recipe, run_dir: Path, data: Path, pool: Path) -> Stage:
+    """`train curve` on `data` with the recipe's training settings, scored like the verdict."""
+    test = recipe.resolve(recipe.data.test)
+    out = run_dir / "curve"
+    cmds = _commands()
+    where = "eval.curve"
+    options = {**recipe.train, **recipe.eval["curve"]}
+    cmd = [_exe("train"), "curve", str(data), "--test", str(test), "-o", str(out), "--metric", recipe.objective.metric,
+           "--shots-from", str(pool), *_objective_args(recipe),
+           *_args(cmds, recipe.path, "train curve", options, where, reserved=("test", "metric", "task", "labels", "shots-from"))]
+    return Stage("curve", out / "curve.json", [data, test, pool], [cmd],
+                 what="learning curve: the metric against the number of training rows")
+
+
+def _eval_stage(recipe: Recipe, run_dir: Path, train: Stage, pool: Path, variants: dict[str, Path]) -> Stage:
+    test = recipe.resolve(recipe.data.test)
     eval_dir = run_dir / "eval"
     objective = recipe.objective
     target = (f"{objective.target.over.replace('_', '')}+{objective.target.value:g}" if objective.target.over
               else f"{objective.target.value:g}")
-    eval_cmd = [_exe("train"), "eval", str(adapter_dir), "--test", str(test), "-o", str(eval_dir),
-                "--task", EVAL_TASKS[objective.task], "--metric", objective.metric, "--target", target,
-                *args("train eval", recipe.eval, "eval", reserved=("test", "task", "metric", "target", "labels"))]
-    if objective.labels:
-        eval_cmd += ["--labels", ",".join(objective.labels)]
-    stages.append(Stage("eval", eval_dir, [adapter_dir / "adapter", test, current], [eval_cmd],
-                        what="score base, k-shot and adapter on the held-out test set"))
-    stages.append(Stage("report", run_dir / "report.html", [s.output for s in stages],
-                        params={"recipe": recipe.model_dump(mode="json")}, what="the run report"))
-    return stages
+    options = _eval_options(recipe)
+    options.setdefault("shots-from", str(pool))  # one k-shot pool for every adapter of the run
+    eval_cmd = [_exe("train"), "eval", str(train.output), "--test", str(test), "-o", str(eval_dir),
+                "--metric", objective.metric, "--target", target, *_objective_args(recipe),
+                *_args(_commands(), recipe.path, "train eval", options, "eval",
+                       reserved=("test", "task", "metric", "target", "labels", "compare"))]
+    for name, adapter in variants.items():
+        eval_cmd += ["--compare", f"{name}={adapter}"]
+    return Stage("eval", eval_dir, [train.output / "adapter", test, *train.inputs, Path(options["shots-from"]),
+                                    *(a / "adapter" for a in variants.values())], [eval_cmd],
+                 what="score base, k-shot and the adapter" + (" and its ablations" if variants else "")
+                      + " on the held-out test set")
+
+
+def _variant(recipe: Recipe, run_dir: Path, name: str, main: list[Stage], curve: Path | None) -> list[Stage]:
+    """The stages of the recipe without `name` that differ from the main run's, under RUN/ablate/no-NAME.
+
+    A variant stage identical to the main stage of the same name (same command once the
+    variant's folder reads as the run's) is not repeated: later stages read the main output.
+    Where the main run has a review stage, the variant takes the main run's decisions
+    (rows people rejected or left pending are left out, corrections applied) instead of
+    sending its own rows to people.
+    """
+    vdir = run_dir / "ablate" / f"no-{name}"
+    variant, _ = _pipeline(recipe.without(name), vdir, main=False, main_curve=curve)
+    by_name = {s.name: s for s in main}
+    out: list[Stage] = []
+    swaps: list[tuple[str, str]] = []
+
+    def swap(text: str) -> str:
+        for old, new in swaps:
+            text = text.replace(old, new)
+        return text
+
+    diverged = False
+    for stage in variant:
+        commands = [[swap(a) for a in cmd] for cmd in stage.commands]
+        inputs = [Path(swap(str(p))) for p in stage.inputs]
+        twin = by_name.get(stage.name)
+        same = twin is not None and twin.kind == stage.kind and json.dumps(commands).replace(str(vdir), str(run_dir)) == \
+            json.dumps(twin.commands) and stage.params == twin.params
+        if same and not diverged:
+            swaps.append((str(stage.folder), str(twin.folder)))
+            continue
+        diverged = True
+        if stage.kind == "review":
+            pulled = by_name["review"].folder / "pulled.parquet"
+            stage = Stage(stage.name, stage.output, [*inputs, pulled], params={"decisions": str(pulled)},
+                          what="the main run's review decisions", kind="decisions")
+        else:
+            stage = Stage(stage.name, stage.output, inputs, commands, stage.params, stage.what, stage.kind)
+        stage.name = f"no-{name}:{stage.name}"
+        stage.what = f"without {name}: {stage.what}"
+        out.append(stage)
+    return out

@@ -16,6 +16,7 @@ from curate import __version__
 from curate.console import SmallsetGroup, console
 from curate.layouts import LAYOUTS
 from train.config import MAX_EPOCHS, LoraTrainConfig
+from train.curve import DEFAULT_SIZES, DEFAULT_TOLERANCE
 
 _D = LoraTrainConfig()  # the defaults that --help shows
 
@@ -29,25 +30,54 @@ def main() -> None:
     """
 
 
+def lora_options(command):
+    """The training settings of `train lora`, shared by every command that trains (`lora`, `curve`)."""
+    for option in reversed(_LORA_OPTIONS):
+        command = option(command)
+    return command
+
+
+def eval_options(command):
+    """How `train eval` prompts and answers, shared by every command that evaluates (`eval`, `curve`)."""
+    for option in reversed(_EVAL_OPTIONS):
+        command = option(command)
+    return command
+
+
+_EVAL_OPTIONS = [
+    click.option("-k", "--k", "k", type=int, default=None, help="Shots in the k-shot prompt.  [default: one per label (at most 8) for classification, else 3]"),
+    click.option("--task", type=click.Choice(["auto", "classification", "exact", "free"]), default="auto", help="Task type, which decides the metrics."),
+    click.option("--labels", default=None, help="Comma-separated label set for classification.  [default: the training rows' labels]"),
+    click.option("--constrain/--no-constrain", default=True, help="Classification: constrain answers to the label set (guided choice), or parse free answers."),
+    click.option("--system", default=None, help="System message for every prompt.  [default: the one all training rows share, if any]"),
+    click.option("--max-tokens", type=int, default=None, help="New tokens per answer.  [default: by task]"),
+    click.option("--max-model-len", type=int, default=2048, help="Context length of the engine."),
+]
+
+_LORA_OPTIONS = [
+    click.option("--model", default=None, help="Base model: 'default' (packaged SmolLM2-135M-Instruct), a local folder or a hub id.  [default: default]"),
+    click.option("--epochs", type=int, default=_D.epochs, help=f"Passes over the training set (at most {MAX_EPOCHS})."),
+    click.option("--lr", type=float, default=_D.lr, help="Peak learning rate (linear warmup, then cosine decay)."),
+    click.option("--rank", type=int, default=_D.rank, help="LoRA rank r."),
+    click.option("--alpha", type=int, default=_D.alpha, help="LoRA alpha (scale alpha/r)."),
+    click.option("--dropout", type=float, default=_D.dropout, help="LoRA dropout."),
+    click.option("--val-fraction", type=float, default=_D.val_fraction, help="Share of rows held out for validation (stratified by label)."),
+    click.option("--val-size", type=int, default=None, help="Exact number of validation rows (overrides --val-fraction)."),
+    click.option("--eval-every", type=int, default=None, help="Evaluate every N optimizer steps.  [default: every epoch]"),
+    click.option("--patience", type=int, default=_D.patience, help="Stop after N evaluations without a lower validation loss."),
+    click.option("--batch-size", type=int, default=None, help="Effective batch: rows per optimizer step.  [default: 16, or train rows // --min-steps-per-epoch when fewer]"),
+    click.option("--min-steps-per-epoch", type=int, default=_D.min_steps_per_epoch, help="With the default batch: shrink it on small sets so that each epoch has this many steps."),
+    click.option("--micro-batch-size", type=int, default=_D.micro_batch_size, help="Rows per forward pass (the rest is gradient accumulation)."),
+    click.option("--max-length", type=int, default=None, help="Tokens per row; longer rows are truncated.  [default: 99th percentile of the data, at most 2048]"),
+    click.option("--seed", type=int, default=_D.seed, help="Seed for the adapter's init, the split, data order and dropout."),
+    click.option("--qlora", is_flag=True, help="Load the base model in 4-bit (bitsandbytes); needs a CUDA GPU."),
+]
+
+
 @main.command(context_settings={"show_default": True})
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Output folder (adapter/, curves.png, manifest, checkpoints/).")
-@click.option("--model", default=None, help="Base model: 'default' (packaged SmolLM2-135M-Instruct), a local folder or a hub id.  [default: default]")
-@click.option("--epochs", type=int, default=_D.epochs, help=f"Passes over the training set (at most {MAX_EPOCHS}).")
-@click.option("--lr", type=float, default=_D.lr, help="Peak learning rate (linear warmup, then cosine decay).")
-@click.option("--rank", type=int, default=_D.rank, help="LoRA rank r.")
-@click.option("--alpha", type=int, default=_D.alpha, help="LoRA alpha (scale alpha/r).")
-@click.option("--dropout", type=float, default=_D.dropout, help="LoRA dropout.")
-@click.option("--val-fraction", type=float, default=_D.val_fraction, help="Share of rows held out for validation (stratified by label).")
-@click.option("--val-size", type=int, default=None, help="Exact number of validation rows (overrides --val-fraction).")
-@click.option("--eval-every", type=int, default=None, help="Evaluate every N optimizer steps.  [default: every epoch]")
-@click.option("--patience", type=int, default=_D.patience, help="Stop after N evaluations without a lower validation loss.")
-@click.option("--batch-size", type=int, default=None, help="Effective batch: rows per optimizer step.  [default: 16, or train rows // --min-steps-per-epoch when fewer]")
-@click.option("--min-steps-per-epoch", type=int, default=_D.min_steps_per_epoch, help="With the default batch: shrink it on small sets so that each epoch has this many steps.")
-@click.option("--micro-batch-size", type=int, default=_D.micro_batch_size, help="Rows per forward pass (the rest is gradient accumulation).")
-@click.option("--max-length", type=int, default=None, help="Tokens per row; longer rows are truncated.  [default: 99th percentile of the data, at most 2048]")
-@click.option("--seed", type=int, default=_D.seed, help="Seed for the adapter's init, the split, data order and dropout.")
-@click.option("--qlora", is_flag=True, help="Load the base model in 4-bit (bitsandbytes); needs a CUDA GPU.")
+@lora_options
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoints/last.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None:
@@ -81,14 +111,9 @@ def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None
 @click.option("--test", "test", required=True, type=click.Path(path_type=Path), help="Held-out test set: any file `curate ingest` reads.")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None, help="Output folder (eval.json, predictions.parquet, confusion.png).  [default: eval/ beside the adapter]")
 @click.option("--model", default=None, help="Base model; must be the one the adapter was trained on.  [default: the one the adapter records]")
-@click.option("--shots-from", type=click.Path(path_type=Path), default=None, help="Rows for the k-shot prompt.  [default: the adapter's training split]")
-@click.option("-k", "--k", "k", type=int, default=None, help="Shots in the k-shot prompt.  [default: one per label (at most 8) for classification, else 3]")
-@click.option("--task", type=click.Choice(["auto", "classification", "exact", "free"]), default="auto", help="Task type, which decides the metrics.")
-@click.option("--labels", default=None, help="Comma-separated label set for classification.  [default: the training rows' labels]")
-@click.option("--constrain/--no-constrain", default=True, help="Classification: constrain answers to the label set (guided choice), or parse free answers.")
-@click.option("--system", default=None, help="System message for every prompt.  [default: the one all training rows share, if any]")
-@click.option("--max-tokens", type=int, default=None, help="New tokens per answer.  [default: by task]")
-@click.option("--max-model-len", type=int, default=2048, help="Context length of the engine.")
+@click.option("--shots-from", type=click.Path(path_type=Path), default=None, help="The pool the k-shot rows are drawn from (one pool for every adapter compared).  [default: the adapter's training split]")
+@click.option("--compare", "compare", multiple=True, metavar="NAME=DIR", help="Another adapter of the same base to score beside ADAPTER in the same engine (repeatable).")
+@eval_options
 @click.option("--seed", type=int, default=0, help="Chooses the k-shot examples.")
 @click.option("--judge", is_flag=True, help="Free text: also a win rate against the base model, judged by the base model.")
 @click.option("--metric", default=None, help="Objective metric for the verdict, e.g. accuracy, macro_f1, exact_match, token_f1, rouge_l.")
@@ -97,26 +122,89 @@ def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None
 @click.option("--map", "pairs", multiple=True, metavar="FIELD=COLUMN", help="Which test-file column plays a layout field (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_(adapter: Path, test: Path, output: Path | None, shots_from: Path | None, labels: str | None, layout: str | None,
-          pairs: tuple[str, ...], quiet: bool, **options) -> None:
+          pairs: tuple[str, ...], compare: tuple[str, ...], quiet: bool, **options) -> None:
     """Score ADAPTER against its base model zero-shot and with a k-shot prompt, on a held-out TEST set.
 
     One vLLM engine with LoRA answers every test row three times (greedy decoding, the
     base model's chat template, the training records' layout). Metrics follow the task:
     accuracy, macro-F1 and a confusion matrix for classification; exact match and token F1
-    for short answers; ROUGE-L (and with --judge a win rate) for free text.
+    for short answers; ROUGE-L (and with --judge a win rate) for free text. Every figure
+    has a 95% bootstrap interval; --compare adapters get a paired one against ADAPTER.
 
     \b
-    Example:
+    Examples:
       train eval runs/lora --test recipes/examples/support_tickets_test.jsonl --metric accuracy --target +30
+      train eval runs/full --test test.jsonl --shots-from pool.parquet --compare no-select=runs/no-select
     """
     from curate.layouts import Mapping
     from train.evaluate import EvalConfig, evaluate
     from train.report import results_table
 
-    config = EvalConfig(labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None, **options)
-    result = evaluate(adapter, test, output, config, shots_from=shots_from, mapping=Mapping.parse(layout, pairs), progress=not quiet)
+    config = EvalConfig(labels=_labels(labels), **options)
+    result = evaluate(adapter, test, output, config, shots_from=shots_from, mapping=Mapping.parse(layout, pairs),
+                      progress=not quiet, compare=_named_paths(compare, "--compare"))
     Console().print(results_table(result.report))
     console.print(f"eval: {result.eval_json}  predictions: {result.predictions}" + (f"  confusion: {result.confusion_png}" if result.confusion_png else ""))
+
+
+def _labels(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _named_paths(pairs: tuple[str, ...], flag: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise click.BadParameter(f"{pair!r}: expected NAME=DIR", param_hint=flag)
+        if name.strip() in out:
+            raise click.BadParameter(f"the name {name.strip()!r} is given twice", param_hint=flag)
+        out[name.strip()] = Path(path.strip())
+    return out
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--test", "test", required=True, type=click.Path(path_type=Path), help="Held-out test set: any file `curate ingest` reads.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Output folder (curve.json, curve.png, size-N/, eval/).")
+@click.option("--sizes", default=DEFAULT_SIZES, help="Training-set sizes in rows, comma-separated; 'all' is every row of DATA.")
+@click.option("--metric", default="accuracy", help="The objective's metric: accuracy, macro_f1, exact_match, token_f1, rouge_l.")
+@click.option("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="Points: the knee is the smallest size within this of the best size.")
+@click.option("--stratify", type=click.Choice(["auto", "keep", "balance"]), default="auto",
+              help="Subsets' label mix: keep (proportional), balance, auto (balance for macro_f1, else keep).")
+@click.option("--shots-from", type=click.Path(path_type=Path), default=None, help="The pool the k-shot rows are drawn from.  [default: DATA]")
+@lora_options
+@eval_options
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def curve(data: Path, test: Path, output: Path, sizes: str, metric: str, tolerance: float, stratify: str,
+          shots_from: Path | None, k: int | None, task: str, labels: str | None, constrain: bool, system: str | None,
+          max_tokens: int | None, max_model_len: int, quiet: bool, **train_options) -> None:
+    """Train on nested, seeded subsets of DATA and plot the metric against the number of rows.
+
+    Each size contains the smaller ones (stratified by label as `curate select` picks); all
+    adapters are scored by one engine against one base and one k-shot baseline, each with a
+    95% bootstrap interval. The knee is the smallest size within --tolerance points of the
+    best: `curate select --size auto --curve OUTPUT/curve.json` picks that many rows.
+
+    \b
+    Example:
+      train curve curated.parquet --test test.jsonl --sizes 125,250,500,1000,all -o runs/curve --epochs 2
+    """
+    from train.curve import CurveConfig, learning_curve
+    from train.evaluate import EvalConfig
+
+    curve_config = CurveConfig(sizes=sizes, metric=metric, tolerance=tolerance, stratify=stratify)
+    train_config = LoraTrainConfig(**train_options)
+    eval_config = EvalConfig(k=k, task=task, labels=_labels(labels), constrain=constrain, system=system,
+                             max_tokens=max_tokens, max_model_len=max_model_len)
+    summary = learning_curve(data, test, output, curve_config, train_config, eval_config, shots_from=shots_from,
+                             progress=not quiet)
+    for p in summary["points"]:
+        console.print(f"{p['size']:>6} rows: {metric} {p['value']:.1%} [{p['low']:.1%}, {p['high']:.1%}]"
+                      f"  train {p['train_seconds'] or 0:.0f} s", highlight=False)
+    kshot = summary["baselines"]["kshot"]
+    console.print(f"base k-shot: {kshot['value']:.1%}; [bold]knee: {summary['knee']['size']} rows[/] "
+                  f"({summary['knee']['reason']}); {output / 'curve.json'}, {output / 'curve.png'}", highlight=False)
 
 
 @main.command(context_settings={"show_default": True})

@@ -2,7 +2,16 @@
 
 One vLLM engine with LoRA enabled answers every test row three times: the base model
 on the plain prompt, the base model on a k-shot prompt built from training rows (the
-prompting baseline), and the adapter on the plain prompt. Decoding is greedy; for
+prompting baseline), and the adapter on the plain prompt. Further adapters of the same
+base (`compare`: a learning curve's sizes, an ablation's variants) are answered by the
+same engine, so all of them meet one base and one k-shot baseline on the same rows.
+
+The k-shot rows come from one declared pool (`shots_from`); without one, from the
+adapter's own training split. Every metric carries a percentile bootstrap interval
+over the test rows, and every adapter's difference from the main adapter (and the
+main adapter's from k-shot) a paired one (`train.bootstrap`). Test rows with a
+near-copy in the adapter's training data (n-gram or MinHash overlap, measured as
+`curate decontaminate` does) are counted and warned about, not only exact copies. Decoding is greedy; for
 classification every contender's answer is constrained to the label set by vLLM's
 guided choice (or, with `constrain=False`, parsed from free generation the same way
 for all three), so no contender loses points to formatting the others are spared.
@@ -38,7 +47,7 @@ from train.prompts import (
     Example, default_k, detect_task, gold, kshot_prompt, overlap, pick_shots, shared_system, to_examples, with_system,
 )
 
-CONTENDERS = ("base", "kshot", "adapter")
+BASELINES = ("base", "kshot")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's max_lora_rank accepts
 JUDGE_SCHEMA = {"type": "object", "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}}, "required": ["winner"]}
 
@@ -102,37 +111,53 @@ class Plan:
     overlap: int
     conversations: dict[str, list[list[dict]]]
     max_tokens: int
+    adapters: dict[str, Path] = field(default_factory=dict)
+    """Every adapter answered, by contender name: "adapter" first, then the compared ones."""
+    near_copies: list[str] = field(default_factory=list)
+    """Ids of test rows with a near-copy (n-gram or MinHash) in the main adapter's training data."""
+
+    @property
+    def contenders(self) -> list[str]:
+        return list(self.conversations)
 
 
 def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | None = None, config: EvalConfig | None = None,
-             *, shots_from: str | Path | None = None, mapping: Mapping | None = None, progress: bool = True) -> EvalResult:
-    """Score base zero-shot, base k-shot and the adapter on `test`; write eval.json, predictions, plots, manifest."""
+             *, shots_from: str | Path | None = None, mapping: Mapping | None = None, progress: bool = True,
+             compare: dict[str, str | Path] | None = None) -> EvalResult:
+    """Score base zero-shot, base k-shot and the adapter on `test`; write eval.json, predictions, plots, manifest.
+
+    `compare` names further adapters of the same base model, answered by the same engine.
+    """
     from curate.llm import EngineConfig, LLMEngine, SamplingConfig
 
     config = config or EvalConfig()
     objective = config.objective()
-    manifest = Manifest(command="train eval", parameters=asdict(config))
-    plan = make_plan(adapter, test, config, shots_from, mapping, manifest)
+    manifest = Manifest(command="train eval", parameters={**asdict(config), "compare": {k: str(v) for k, v in (compare or {}).items()}})
+    plan = make_plan(adapter, test, config, shots_from, mapping, manifest, compare=compare)
     if objective is not None:
         objective.check_metric(available_metrics(plan.task, config.judge))
     output_dir = Path(output_dir) if output_dir else plan.adapter_dir.parent / "eval"
     if plan.overlap:
         console.print(f"[yellow]warning:[/] {plan.overlap} test rows also occur in the training data: the test set is not held out")
+    if len(plan.near_copies) > plan.overlap:
+        console.print(f"[yellow]warning:[/] {len(plan.near_copies)} of {len(plan.test)} test rows have a near-copy in the "
+                      "training data (n-gram or MinHash overlap, as `curate decontaminate` measures): their scores "
+                      "flatter the adapter; decontaminate the training set against the test set")
 
     greedy = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=plan.max_tokens, seed=0)
     choices = plan.labels if plan.task == M.CLASSIFICATION and config.constrain else None
     engine_config = EngineConfig(model=str(plan.resolved.path), max_model_len=config.max_model_len, enable_lora=True, max_lora_rank=plan.rank)
-    lora = ("adapter", 1, str(plan.adapter_dir))
+    loras = {name: (name, k, str(folder)) for k, (name, folder) in enumerate(plan.adapters.items(), start=1)}
     generations: dict[str, list] = {}
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     with LLMEngine(engine_config) as engine:
         seconds["engine_start"] = _lap(clock)
-        for name in CONTENDERS:
+        for name in plan.contenders:
             console.print(f"answering {len(plan.test)} test rows: {name}")
             clock = time.perf_counter()
             generations[name] = engine.chat(plan.conversations[name], greedy, choices=choices,
-                                            lora=lora if name == "adapter" else None, progress=progress)
+                                            lora=loras.get(name), progress=progress)
             seconds[name] = _lap(clock)
         clock = time.perf_counter()
         judged = judge_against_base(engine, plan, generations) if config.judge and plan.task == M.FREE else {}
@@ -144,16 +169,25 @@ def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | Non
     if mismatched:
         console.print(f"[yellow]warning:[/] {mismatched} prompts were tokenized differently from training's rendering")
     predictions = predictions_table(plan, generations, judged)
-    results = {name: contender_metrics(plan, predictions.filter(pl.col("contender") == name)) for name in CONTENDERS}
+    results = {name: contender_metrics(plan, predictions.filter(pl.col("contender") == name)) for name in plan.contenders}
+    intervals, differences = uncertainty(plan, predictions, available_metrics(plan.task, False))
     verdict = objective.verdict(results) if objective else None
+    if verdict is not None:
+        verdict["interval"] = intervals["adapter"].get(objective.metric)
+        reference = objective.target.reference
+        if reference is not None:
+            verdict["margin_interval"] = differences.get(f"adapter-{reference}", {}).get(objective.metric)
 
     report = {
         "adapter": str(plan.adapter_dir), "model": str(plan.resolved.path), "test": str(test), "task": plan.task,
         "rows": len(plan.test), "labels": plan.labels if plan.task == M.CLASSIFICATION else None,
         "answers": answer_mode(plan.task, config.constrain), "decoding": "greedy", "max_tokens": plan.max_tokens,
         "k": len(plan.shots), "shots": [s.id for s in plan.shots], "shots_from": plan.train_source,
-        "system": plan.system, "test_rows_in_training": plan.overlap, "rendering_mismatches": mismatched,
-        "results": results, "objective": verdict, "usage": usage, "seconds": seconds,
+        "system": plan.system, "test_rows_in_training": plan.overlap,
+        "test_rows_near_training": len(plan.near_copies), "near_copy_ids": plan.near_copies,
+        "rendering_mismatches": mismatched, "adapters": {k: str(v) for k, v in plan.adapters.items()},
+        "results": results, "intervals": intervals, "differences": differences,
+        "objective": verdict, "usage": usage, "seconds": seconds,
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     pred_path = output_dir / "predictions.parquet"
@@ -163,12 +197,13 @@ def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | Non
     if plan.task == M.CLASSIFICATION:
         from train.report import plot_confusion
 
-        png = plot_confusion({n: results[n]["confusion"] for n in CONTENDERS}, output_dir / "confusion.png")
+        png = plot_confusion({n: results[n]["confusion"] for n in plan.contenders}, output_dir / "confusion.png")
     eval_json = output_dir / "eval.json"
     write_text(eval_json, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     manifest.parameters.update(task=plan.task, k=len(plan.shots), max_tokens=plan.max_tokens, system=plan.system)
     manifest.counts.update(test_rows=len(plan.test), answers=sum(len(g) for g in generations.values()),
-                           test_rows_in_training=plan.overlap, rendering_mismatches=mismatched)
+                           test_rows_in_training=plan.overlap, test_rows_near_training=len(plan.near_copies),
+                           rendering_mismatches=mismatched)
     for out in (eval_json, pred_path, png):
         if out is not None:
             manifest.add_output(out)
@@ -180,7 +215,7 @@ def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | Non
 
 
 def make_plan(adapter: str | Path, test: str | Path, config: EvalConfig, shots_from: str | Path | None,
-              mapping: Mapping | None, manifest: Manifest) -> Plan:
+              mapping: Mapping | None, manifest: Manifest, *, compare: dict[str, str | Path] | None = None) -> Plan:
     from curate.readers import read_records
 
     adapter_dir = adapter_folder(adapter)
@@ -188,6 +223,16 @@ def make_plan(adapter: str | Path, test: str | Path, config: EvalConfig, shots_f
     resolved = check_base(adapter_config.get("base_model_name_or_path"), config.model, adapter_dir)
     manifest.add_input(adapter_dir)
     manifest.models.append(resolved.describe())
+    adapters, ranks = {"adapter": adapter_dir}, [int(adapter_config.get("r", 16))]
+    for name, other in (compare or {}).items():
+        if name in (*BASELINES, "adapter") or not name:
+            raise TrainError(f"--compare: the name {name!r} is taken; name compared adapters otherwise")
+        folder = adapter_folder(other)
+        other_config = json.loads((folder / "adapter_config.json").read_text())
+        check_base(other_config.get("base_model_name_or_path"), str(resolved.path), folder)
+        adapters[name] = folder
+        ranks.append(int(other_config.get("r", 16)))
+        manifest.add_input(folder)
 
     test_records = read_records(test, mapping).records
     manifest.add_input(test)
@@ -211,15 +256,16 @@ def make_plan(adapter: str | Path, test: str | Path, config: EvalConfig, shots_f
     if k < 0:
         raise TrainError(f"k must be 0 or more, got {k}")
     shots = pick_shots(train_rows, k, task, config.seed)
-    conversations = {
-        "base": prompts,
-        "kshot": [kshot_prompt(p, shots, system) for p in prompts],
-        "adapter": prompts,
-    }
+    conversations = {"base": prompts, "kshot": [kshot_prompt(p, shots, system) for p in prompts]}
+    conversations.update({name: prompts for name in adapters})
     max_tokens = config.max_tokens or default_max_tokens(task, labels, resolved, config.constrain)
     check_lengths(resolved, conversations["kshot"], max_tokens, config.max_model_len)
-    return Plan(adapter_dir, lora_slot(int(adapter_config.get("r", 16))), resolved, task, labels if task == M.CLASSIFICATION else [],
-                test_rows, shots, system, str(source), overlap(test_rows, train_rows), conversations, max_tokens)
+    trained_on = adapter_training_records(adapter_dir)
+    train_examples = train_rows if trained_on is None else examples_of(trained_on, "the training data")
+    near = near_copies(test_records, trained_on) if trained_on is not None else []
+    return Plan(adapter_dir, lora_slot(max(ranks)), resolved, task, labels if task == M.CLASSIFICATION else [],
+                test_rows, shots, system, str(source), overlap(test_rows, train_examples), conversations, max_tokens,
+                adapters, near)
 
 
 def check_base(recorded: str | None, model: str | None, adapter_dir: Path) -> ResolvedModel:
@@ -245,13 +291,26 @@ def examples_of(records: pl.DataFrame, what: str) -> list[Example]:
 
 
 def training_rows(adapter_dir: Path, shots_from: str | Path | None) -> tuple[list[Example], Path]:
-    """The rows the k-shot prompt draws from: --shots-from, else the adapter's own training split."""
+    """The rows the k-shot prompt draws from: the declared pool (--shots-from), else the adapter's own training split."""
     from curate.readers import read_records
 
     if shots_from is not None:
         return examples_of(read_records(shots_from).records, f"the shots file {shots_from}"), Path(shots_from)
-    recorded = manifest_path(adapter_dir)
     hint = "pass --shots-from FILE with training rows for the k-shot prompt"
+    source = adapter_training_file(adapter_dir, hint)
+    rows = examples_of(read_records(source).records, f"the training data {source}")
+    split = adapter_dir.parent / "split.json"
+    if split.is_file():  # k-shot draws from the rows the adapter was trained on, not its validation rows
+        keep = set(json.loads(split.read_text())["train"])
+        rows = [e for e in rows if e.id in keep]
+        if not rows:
+            raise TrainError(f"none of the training rows in {split} is in {source} any more; {hint}")
+    return rows, source
+
+
+def adapter_training_file(adapter_dir: Path, hint: str) -> Path:
+    """The file the adapter was trained on, from its training manifest (warns when it changed since)."""
+    recorded = manifest_path(adapter_dir)
     if not recorded.is_file():
         raise TrainError(f"{adapter_dir} has no training manifest ({recorded.name}) naming its training data; {hint}")
     inputs = json.loads(recorded.read_text()).get("inputs") or []
@@ -262,14 +321,26 @@ def training_rows(adapter_dir: Path, shots_from: str | Path | None) -> tuple[lis
         raise TrainError(f"the adapter's training data {source} is not there any more; {hint}")
     if inputs[0].get("hash") and content_hash(source) != inputs[0]["hash"]:
         console.print(f"[yellow]warning:[/] {source} changed since the adapter was trained on it")
-    rows = examples_of(read_records(source).records, f"the training data {source}")
-    split = adapter_dir.parent / "split.json"
-    if split.is_file():  # k-shot draws from the rows the adapter was trained on, not its validation rows
-        keep = set(json.loads(split.read_text())["train"])
-        rows = [e for e in rows if e.id in keep]
-        if not rows:
-            raise TrainError(f"none of the training rows in {split} is in {source} any more; {hint}")
-    return rows, source
+    return source
+
+
+def adapter_training_records(adapter_dir: Path) -> pl.DataFrame | None:
+    """Every row the adapter was trained or validated on, or None when its manifest does not say."""
+    from curate.readers import read_records
+
+    try:
+        return read_records(adapter_training_file(adapter_dir, "")).records
+    except TrainError:
+        return None
+
+
+def near_copies(test: pl.DataFrame, training: pl.DataFrame) -> list[str]:
+    """Ids of test rows that `curate decontaminate`'s checks would call contaminated by `training`."""
+    from curate.decontaminate import decontaminate
+
+    if test.height == 0 or training.height == 0:
+        return []
+    return decontaminate(test, training).drops["id"].to_list()
 
 
 def default_max_tokens(task: str, labels: list[str], resolved: ResolvedModel, constrain: bool) -> int:
@@ -337,7 +408,7 @@ def answer_mode(task: str, constrain: bool) -> str:
 def rendering_mismatches(plan: Plan, generations: dict[str, list]) -> int:
     """Prompts whose tokens in vLLM differ from training's rendering of the same messages."""
     count = 0
-    for name in CONTENDERS:
+    for name in plan.contenders:
         expected = expected_prompt_ids(plan.resolved, plan.conversations[name])
         count += sum(g.prompt_token_ids is not None and g.prompt_token_ids != e for g, e in zip(generations[name], expected))
     return count
@@ -346,7 +417,7 @@ def rendering_mismatches(plan: Plan, generations: dict[str, list]) -> int:
 def predictions_table(plan: Plan, generations: dict[str, list], judged: dict[str, list[float]]) -> pl.DataFrame:
     """One row per test row and contender: the prompt, gold answer, raw answer, parsed prediction and scores."""
     rows = []
-    for name in CONTENDERS:
+    for name in plan.contenders:
         for i, (example, gen) in enumerate(zip(plan.test, generations[name])):
             expected = gold(example, plan.task)
             raw = gen.text.strip()
@@ -377,6 +448,35 @@ def contender_metrics(plan: Plan, rows: pl.DataFrame) -> dict[str, Any]:
     return result
 
 
+def uncertainty(plan: Plan, predictions: pl.DataFrame, metrics: tuple[str, ...]) -> tuple[dict, dict]:
+    """Bootstrap intervals per contender and metric, and paired differences that a reader compares.
+
+    Differences: every adapter but the main one against the main adapter (`NAME-adapter`),
+    and the main adapter against each baseline (`adapter-kshot`, `adapter-base`). Every
+    interval uses the same resampled rows, so they are comparable with each other.
+    """
+    from train import bootstrap
+
+    by = {name: predictions.filter(pl.col("contender") == name).sort("row") for name in plan.contenders}
+    gold = by["base"]["gold"].to_list()
+    draws = bootstrap.resample_indices(len(gold), seed=plan_seed(plan))
+    metrics = tuple(m for m in metrics if m != "judge_win_rate")
+    intervals = {name: {m: bootstrap.interval(plan.task, m, gold, rows["prediction"].to_list(), plan.labels, draws=draws)
+                        for m in metrics} for name, rows in by.items()}
+    pairs = [(name, "adapter") for name in plan.adapters if name != "adapter"] + [("adapter", b) for b in BASELINES]
+    differences = {f"{a}-{b}": {m: bootstrap.paired_difference(plan.task, m, gold, by[a]["prediction"].to_list(),
+                                                               by[b]["prediction"].to_list(), plan.labels, draws=draws)
+                                for m in metrics} for a, b in pairs}
+    return intervals, differences
+
+
+def plan_seed(plan: Plan) -> int:
+    """A resampling seed fixed by the test rows, so two evaluations on one test set draw the same rows."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b("".join(e.id for e in plan.test).encode(), digest_size=4).digest(), "little")
+
+
 def judge_against_base(engine, plan: Plan, generations: dict[str, list]) -> dict[str, list[float]]:
     """For k-shot and adapter: the base model judges each answer against the base model's, in both orders.
 
@@ -387,7 +487,7 @@ def judge_against_base(engine, plan: Plan, generations: dict[str, list]) -> dict
     greedy = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16, seed=0)
     base = [g.text.strip() for g in generations["base"]]
     out: dict[str, list[float]] = {}
-    for name in ("kshot", "adapter"):
+    for name in [c for c in plan.contenders if c != "base"]:
         mine = [g.text.strip() for g in generations[name]]
         first = [judge_prompt(e, a, b) for e, a, b in zip(plan.test, mine, base)]
         second = [judge_prompt(e, b, a) for e, a, b in zip(plan.test, mine, base)]
