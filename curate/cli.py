@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 import polars as pl
+from rich.markup import escape
 
 from curate import __version__
 from curate.atomic import sidecar
@@ -15,12 +16,12 @@ from curate.dedup.clusters import KEEP_POLICIES
 from curate.drops import write_drops
 from curate.errors import InputError
 from curate.explain import explain as explain_row
-from curate.label_check import METHODS as LABEL_CHECK_METHODS
+from curate.label_check import ACTIONS as LABEL_CHECK_ACTIONS, METHODS as LABEL_CHECK_METHODS, LabelCheckConfig
 from curate.layouts import LAYOUTS, Mapping
 from curate.manifest import Manifest
 from curate.models import resolve_embedder, resolve_llm
 from curate.readers import read_records
-from curate.select import SelectConfig, select as run_select
+from curate.select import STRATIFY_MODES, SelectConfig, embedding_fields, read_knee, select as run_select
 from curate.text import DEFAULT_FIELDS, FIELDS, parse_fields
 from curate.writers import write_records, write_rejects
 
@@ -88,17 +89,31 @@ def _load(path: Path, manifest: Manifest) -> pl.DataFrame:
     return result.records
 
 
-def _save(manifest: Manifest, output: Path, kept: pl.DataFrame, drops: pl.DataFrame, rows_in: int) -> None:
-    """Write kept rows, the drops table and the manifest; then say what happened, by reason."""
+def _save(manifest: Manifest, output: Path, kept: pl.DataFrame, drops: pl.DataFrame, rows_in: int,
+          extra_counts: dict[str, int] | None = None, note: str = "") -> None:
+    """Write kept rows, the drops table and the manifest (its counts plus `extra_counts`); then say what happened,
+    by reason, and `note` (what the step did besides dropping)."""
     write_records(kept, output)
     manifest.add_output(output, rows=kept.height)
     drops_file = write_drops(drops, output)
     manifest.add_output(drops_file, rows=drops.height)
     by_reason = dict(drops.group_by("reason").len().sort("len", descending=True).iter_rows()) if drops.height else {}
-    manifest.counts = {"in": rows_in, "out": kept.height, "dropped": drops.height, **{f"dropped_{k}": v for k, v in by_reason.items()}}
+    manifest.counts = {"in": rows_in, "out": kept.height, "dropped": drops.height,
+                       **{f"dropped_{k}": v for k, v in by_reason.items()}, **(extra_counts or {}), **_embedding_counts()}
     manifest.write(output)
     summary = ", ".join(f"{v} {k}" for k, v in by_reason.items()) or "none"
-    console.print(f"[green]kept[/] {kept.height} of {rows_in} rows -> {output}; dropped: {summary} (see {drops_file.name})")
+    console.print(f"[green]kept[/] {kept.height} of {rows_in} rows -> {output}; dropped: {summary}{note} (see {drops_file.name})")
+
+
+def _embedding_counts() -> dict[str, int]:
+    """What the shared embedding cache answered during this command (nothing when it embedded nothing)."""
+    import sys
+
+    embeddings = sys.modules.get("curate.embeddings")  # loaded only by steps that embed
+    stats = getattr(embeddings, "last_stats", None)
+    if stats is None or not stats.texts:
+        return {}
+    return {"embedded_texts": stats.texts, "embedding_cache_hits": stats.hits, "embedding_cache_misses": stats.misses}
 
 
 def _run_step(manifest: Manifest, input: Path, output: Path, step) -> None:
@@ -262,6 +277,20 @@ def filter_command(input: Path, output: Path, min_tokens: int, max_tokens: int, 
     _save(manifest, output, result.kept, result.drops, records.height)
 
 
+class MaxDf(click.ParamType):
+    """Rows, a share of rows, or none (a click type, so recipes are checked against it before a run)."""
+
+    name = "ROWS|SHARE|none"
+
+    def convert(self, value, param, ctx):
+        from curate.decontaminate import parse_max_df
+
+        try:
+            return parse_max_df(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("--against", "against", multiple=True, required=True, type=click.Path(path_type=Path),
@@ -269,14 +298,23 @@ def filter_command(input: Path, output: Path, min_tokens: int, max_tokens: int, 
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Clean rows: .parquet or .jsonl.")
 @click.option("--ngram", type=int, default=8, show_default=True, help="Word n-gram length for the overlap check.")
 @click.option("--max-overlap", type=float, default=0.5, show_default=True, callback=_unit_interval("--max-overlap"),
-              help="Drop a row when this share of its n-grams occurs in the evaluation set.")
+              help="Drop a row when this share of its n-grams (weighted by --weighting) occurs in the evaluation set.")
+@click.option("--weighting", type=click.Choice(["idf", "none"]), default="idf", show_default=True,
+              help="idf: stock phrases (see --max-df) are left out of both checks and every other n-gram weighs its "
+                   "rarity in the training plus evaluation rows; none: every n-gram of the whole text counts once.")
+@click.option("--max-df", type=MaxDf(), default="10", show_default=True,
+              help="With idf: n-grams in more than this many rows (a share of all rows when below 1, e.g. 0.05) "
+                   "are stock phrases (greetings, signatures); none: no stock phrases, idf weights alone.")
 @click.option("--threshold", type=float, default=0.8, show_default=True, callback=_unit_interval("--threshold"),
               help="MinHash check: Jaccard similarity with any evaluation row.")
 @click.option("--no-minhash", is_flag=True, help="Only the n-gram check.")
 @click.option("--fields", default=",".join(DEFAULT_FIELDS), show_default=True, help=f"What to compare: comma-separated {'/'.join(FIELDS)}.")
-def decontaminate(input: Path, against: tuple[Path, ...], output: Path, ngram: int, max_overlap: float,
-                  threshold: float, no_minhash: bool, fields: str) -> None:
+def decontaminate(input: Path, against: tuple[Path, ...], output: Path, ngram: int, max_overlap: float, weighting: str,
+                  max_df: float | None, threshold: float, no_minhash: bool, fields: str) -> None:
     """Drop training rows that overlap an evaluation or held-out set.
+
+    Each drop says how many evaluation rows it is close to; the manifest counts
+    eval_rows_matched, the evaluation rows some dropped row is close to.
 
     \b
     Example:
@@ -286,12 +324,14 @@ def decontaminate(input: Path, against: tuple[Path, ...], output: Path, ngram: i
     from curate.dedup.near import NearDedupConfig
 
     try:
-        config = DecontaminationConfig(ngram=ngram, max_ngram_overlap=max_overlap, fields=parse_fields(fields),
+        config = DecontaminationConfig(ngram=ngram, max_ngram_overlap=max_overlap, weighting=weighting, max_df=max_df,
+                                       fields=parse_fields(fields),
                                        near=None if no_minhash else NearDedupConfig(threshold=threshold))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     manifest = Manifest("curate decontaminate", parameters={"against": [str(p) for p in against], "ngram": ngram,
-                                                            "max_overlap": max_overlap, "threshold": threshold,
+                                                            "max_overlap": max_overlap, "weighting": weighting,
+                                                            "max_df": max_df, "threshold": threshold,
                                                             "minhash": not no_minhash, "fields": list(config.fields)})
     records = _load(input, manifest)
     evaluation = pl.concat([_load(path, manifest) for path in against], how="diagonal_relaxed")
@@ -299,7 +339,9 @@ def decontaminate(input: Path, against: tuple[Path, ...], output: Path, ngram: i
         result = run_decontaminate(records, evaluation, config)
     except ValueError as exc:
         raise InputError(input, str(exc)) from None
-    _save(manifest, output, result.kept, result.drops, records.height)
+    matched = result.counts["eval_rows_matched"]
+    _save(manifest, output, result.kept, result.drops, records.height, extra_counts={"eval_rows_matched": matched})
+    console.print(f"{result.drops.height} training rows dropped, close to {matched} of {evaluation.height} evaluation rows")
 
 
 @main.command(name="check-labels")
@@ -307,70 +349,158 @@ def decontaminate(input: Path, against: tuple[Path, ...], output: Path, ngram: i
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Kept rows: .parquet or .jsonl.")
 @click.option("--trusted", metavar="CONDITION",
               help="Polars SQL condition for rows whose labels are true, e.g. \"source = 'tickets'\": "
-                   "the check learns from them and drops only other rows. [default: none, all rows out-of-fold]")
+                   "the check learns from them and checks only other rows. [default: none, all rows out-of-fold]")
 @click.option("--method", type=click.Choice(LABEL_CHECK_METHODS), default=LABEL_CHECK_METHODS[0], show_default=True,
-              help="cleanlab filter_by: how contradicted a label must be; predicted_neq_given is the strictest.")
+              help="cleanlab filter_by: how contradicted a label must be to be suspected; "
+                   "predicted_neq_given is the strictest.")
 @click.option("--min-quality", type=float, callback=_unit_interval("--min-quality"),
-              help="Also drop checked rows whose own label's predicted probability is below this (off-task rows).")
+              help="Also suspect checked rows whose own label's predicted probability is below this (off-task rows).")
+@click.option("--action", type=click.Choice(LABEL_CHECK_ACTIONS), default="auto", show_default=True,
+              help="drop: drop every suspected row. flag: keep them with label_issue and label_suggested, drop only "
+                   "strong contradictions. auto: drop with --trusted, flag without.")
+@click.option("--strong-given", type=click.FloatRange(0, 1), default=LabelCheckConfig.strong_given, show_default=True,
+              help="flag: drop a suspected row only if its own label's probability is at most this...")
+@click.option("--strong-predicted", type=click.FloatRange(0, 1), default=LabelCheckConfig.strong_predicted, show_default=True,
+              help="...and the likeliest label's at least this.")
+@click.option("--max-class-drop", type=click.FloatRange(0, 1), default=LabelCheckConfig.max_class_drop, show_default=True,
+              help="Never remove more than this share of one class; the rest of its suspects are kept flagged, "
+                   "with a warning. 1: no cap.")
 @click.option("--fields", default="system,user", show_default=True, help="Text the label is predicted from.")
 @click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds for out-of-fold probabilities.")
 @click.option("--embedder", help="Embedding model spec (default: packaged all-MiniLM-L6-v2).")
-def check_labels(input: Path, output: Path, trusted: str | None, method: str, min_quality: float | None, fields: str,
+def check_labels(input: Path, output: Path, trusted: str | None, method: str, min_quality: float | None, action: str,
+                 strong_given: float, strong_predicted: float, max_class_drop: float, fields: str,
                  folds: int, embedder: str | None) -> None:
-    """Drop rows whose label their text contradicts (confident learning with cleanlab).
+    """Flag or drop rows whose label their text contradicts (confident learning with cleanlab).
 
     A logistic regression on sentence embeddings predicts every row's label; cleanlab
-    flags the rows whose given label the predictions contradict. Kept rows gain
-    label_quality, the predicted probability of their own label.
+    flags the rows whose given label the predictions contradict. Without --trusted
+    they are kept with label_issue true and label_suggested (route them to review with
+    `curate review push --route filter --where label_issue`); only strong
+    contradictions are dropped. Kept rows gain label_quality, the predicted
+    probability of their own label. No class loses more than --max-class-drop.
 
     \b
     Example (generated rows held to what the real, hand-labelled rows say):
       curate check-labels all.parquet --trusted "source = 'tickets'" --min-quality 0.5 -o checked.parquet
     """
-    from curate.label_check import LabelCheckConfig, check_labels as run_check_labels
+    from rich.markup import escape
+
+    from curate.label_check import check_labels as run_check_labels
 
     try:
-        config = LabelCheckConfig(trusted=trusted, method=method, min_quality=min_quality, fields=parse_fields(fields),
-                                  folds=folds, embedder=embedder)
+        config = LabelCheckConfig(trusted=trusted, method=method, min_quality=min_quality, action=action,
+                                  strong_given=strong_given, strong_predicted=strong_predicted,
+                                  max_class_drop=max_class_drop, fields=parse_fields(fields), folds=folds,
+                                  embedder=embedder)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    manifest = Manifest("curate check-labels", parameters={"trusted": trusted, "method": method, "min_quality": min_quality,
-                                                           "fields": list(config.fields), "folds": folds, "embedder": embedder})
+    manifest = Manifest("curate check-labels", parameters={
+        "trusted": trusted, "method": method, "min_quality": min_quality, "action": action,
+        "action_taken": config.resolved_action, "strong_given": strong_given, "strong_predicted": strong_predicted,
+        "max_class_drop": max_class_drop, "fields": list(config.fields), "folds": folds, "embedder": embedder})
     manifest.models.append(resolve_embedder(embedder).describe())
-    _run_step(manifest, input, output, lambda records: run_check_labels(records, config))
+    records = _load(input, manifest)
+    try:
+        result = run_check_labels(records, config)
+    except ValueError as exc:
+        raise InputError(input, str(exc)) from None
+    for line in result.warnings:
+        console.print(f"[bold red]warning:[/] [yellow]check-labels capped a class: {escape(line)}[/]", highlight=False)
+    extra = {k: v for k, v in result.counts.items() if k == "flagged" or k.startswith("capped_")}
+    capped = sum(v for k, v in extra.items() if k.startswith("capped_"))
+    note = f"; flagged: {result.counts['flagged']} (label_issue)" + (f", {capped} of them kept by the cap" if capped else "")
+    _save(manifest, output, result.kept, result.drops, records.height, extra_counts=extra, note=note)
+
+
+class SelectSize(click.ParamType):
+    """A number of rows or `auto` (a click type, so recipes are checked against it before a run)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        elif str(value).strip().lower() == "auto":
+            return "auto"
+        else:
+            try:
+                size = int(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is neither a number of rows nor 'auto'", param, ctx)
+        if size < 1:
+            self.fail(f"selection size must be at least 1, got {size}", param, ctx)
+        return size
 
 
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Selected rows: .parquet or .jsonl.")
-@click.option("--size", "-n", type=int, required=True, help="Rows to select (fewer when fewer qualify).")
+@click.option("--size", "-n", required=True, type=SelectSize(), metavar="N|auto",
+              help="Rows to select (fewer when fewer qualify), or auto: the knee of --curve, else every row "
+                   "up to --auto-max.")
 @click.option("--score-column", help="Quality score to favour (higher is better), e.g. a judge score.")
 @click.option("--quality-weight", type=float, default=0.5, show_default=True, help="1: by score alone; 0: by diversity alone.")
-@click.option("--stratify", type=click.Choice(["keep", "balance", "none"]), default="keep", show_default=True,
-              help="With labels: keep the label distribution, balance it, or ignore labels.")
-@click.option("--fields", default=",".join(DEFAULT_FIELDS), show_default=True, help="Text embedded for diversity.")
+@click.option("--stratify", type=click.Choice(list(STRATIFY_MODES)), default="auto", show_default=True,
+              help="With labels: keep the label mix (capped by --max-class-share), balance it, ignore labels, or auto: "
+                   "balance for macro_f1 or a balanced --test, else keep.")
+@click.option("--metric", help="The objective's metric (accuracy, macro_f1, ...): macro_f1 makes auto balance the labels, "
+                   "any other keeps their mix.")
+@click.option("--test", "test", type=click.Path(path_type=Path),
+              help="The held-out test set (any readable dataset); auto balances labels when its labels are balanced.")
+@click.option("--max-class-share", type=float, default=0.5, show_default=True, callback=_unit_interval("--max-class-share"),
+              help="keep: no label above this share of the selection (1: no cap); the excess goes to the other labels.")
+@click.option("--curve", type=click.Path(path_type=Path), help="size auto: a learning curve from `train curve`; its knee is the size.")
+@click.option("--auto-max", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="size auto without --curve: every row when there are at most this many, else this many.")
+@click.option("--fields", default="auto", show_default=True,
+              help="Text embedded for diversity: comma-separated system/user/assistant/label, or auto (the prompt "
+                   "turns for classification rows, as check-labels embeds them; else user,assistant,label).")
 @click.option("--embedder", help="Embedding model spec (default: packaged all-MiniLM-L6-v2).")
-def select(input: Path, output: Path, size: int, score_column: str | None, quality_weight: float, stratify: str,
+def select(input: Path, output: Path, size: int | str, score_column: str | None, quality_weight: float, stratify: str,
+           metric: str | None, test: Path | None, max_class_share: float, curve: Path | None, auto_max: int,
            fields: str, embedder: str | None) -> None:
-    """Pick a diverse, high-quality subset of SIZE rows, stratified by label.
+    """Pick a diverse, high-quality subset of SIZE rows, stratified the way the objective asks.
 
     Rows come out in selection order (column select_rank); the rest go to the
     drops table with reason not_selected and their distance to the selection.
+    The label mix and the size chosen, and why, are printed and go to the manifest
+    (stratify_mode, stratify_reason, size_chosen, size_reason).
 
     \b
     Example:
-      curate select deduped.parquet --size 500 --score-column judge_score -o selected.parquet
+      curate select deduped.parquet --size auto --metric accuracy --test test.jsonl -o selected.parquet
+      curate select scored.parquet --size 500 --score-column judge_score -o selected.parquet
     """
+    manifest = Manifest("curate select", parameters={
+        "size": size, "score_column": score_column, "quality_weight": quality_weight, "stratify": stratify,
+        "metric": metric, "test": str(test) if test else None, "max_class_share": max_class_share,
+        "curve": str(curve) if curve else None, "auto_max": auto_max, "fields": fields, "embedder": embedder})
     try:
-        config = SelectConfig(size=size, score_column=score_column, quality_weight=quality_weight,
-                              stratify=stratify, fields=parse_fields(fields), embedder=embedder)
+        config = SelectConfig(size=size, score_column=score_column, quality_weight=quality_weight, stratify=stratify,
+                              metric=metric, max_class_share=None if max_class_share == 1 else max_class_share,
+                              auto_max=auto_max, fields=None if fields == "auto" else parse_fields(fields),
+                              embedder=embedder)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    manifest = Manifest("curate select", parameters={"size": size, "score_column": score_column,
-                                                     "quality_weight": quality_weight, "stratify": stratify,
-                                                     "fields": list(config.fields), "embedder": embedder})
     manifest.models.append(resolve_embedder(embedder).describe())
-    _run_step(manifest, input, output, lambda records: run_select(records, config))
+    records = _load(input, manifest)  # first: manifests name the step's data as their first input
+    if test is not None:
+        labels = _load(test, manifest)["label"].drop_nulls()
+        config.test_labels = dict(labels.value_counts().iter_rows()) if labels.len() else None
+    if curve is not None and size == "auto":
+        config.knee = read_knee(curve)
+        manifest.add_input(curve)
+    try:
+        result = run_select(records, config)
+    except ValueError as exc:
+        raise InputError(input, str(exc)) from None
+    manifest.parameters.update(fields=list(config.fields or embedding_fields(records)),
+                               stratify_mode=result.mode, stratify_reason=result.reason,
+                               size_chosen=result.kept.height, size_reason=result.size_reason)
+    console.print(f"stratify: [bold]{result.mode}[/] - {escape(result.reason)}", highlight=False, soft_wrap=True)
+    console.print(f"size: [bold]{result.kept.height}[/] - {escape(result.size_reason)}", highlight=False, soft_wrap=True)
+    _save(manifest, output, result.kept, result.drops, records.height)
 
 
 @main.command()

@@ -143,13 +143,24 @@ def apply_decisions(stage) -> None:
 
     A variant must not send its own rows to people, but it must not train on what people
     threw out either: rows the main run's reviewers rejected, or routed and left pending,
-    are dropped; corrected rows take the correction; rows the main run never routed are kept.
+    are dropped; corrected rows take the correction. A row the main run never saw (say,
+    one a left-out step would have removed) is pending if the routing policy would send it
+    to people, as it would be in a real run, and kept otherwise.
     """
+    from curate.review.routing import Route, parse_band, route
+
     source, decisions = stage.inputs[0], Path(stage.params["decisions"])
     rows = read_records(source).records
     pulled = read_records(decisions).records
     routed = pulled.filter(pulled["meta"].fill_null("{}").str.json_path_match("$.review.record").is_not_null())
     decided = {rid: (outcome, i) for i, (rid, outcome) in enumerate(zip(routed["id"], routed[OUTCOME]))}
+    push = {str(k).replace("_", "-"): v for k, v in (stage.params.get("push") or {}).items()}
+    policy = Route(policy=push.get("route", "all"), score_column=push.get("score-column", "judge_score"),
+                   band=parse_band(str(push.get("band", "2.5:3.5"))), fraction=float(push.get("fraction", 0.1)),
+                   seed=int(push.get("seed", 0)), where=push.get("where"))
+    unseen = rows.filter(~pl.col("id").is_in(list(decided)))
+    for rid in route(unseen, policy)["id"].to_list():
+        decided[rid] = ("pending", None)
     keep, replaced, dropped, reasons = [], [], [], []
     for i, rid in enumerate(rows["id"].to_list()):
         outcome, j = decided.get(rid, (None, None))

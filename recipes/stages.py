@@ -262,7 +262,8 @@ def _variant(recipe: Recipe, run_dir: Path, name: str, main: list[Stage], curve:
     A variant stage identical to the main stage of the same name (same command once the
     variant's folder reads as the run's) is not repeated: later stages read the main output.
     Where the main run has a review stage, the variant takes the main run's decisions
-    (rows people rejected or left pending are left out, corrections applied) instead of
+    (rows people rejected or left pending are left out, corrections applied; a row the main
+    run never saw is pending when the routing policy would send it to people) instead of
     sending its own rows to people.
     """
     vdir = run_dir / "ablate" / f"no-{name}"
@@ -289,7 +290,8 @@ def _variant(recipe: Recipe, run_dir: Path, name: str, main: list[Stage], curve:
         diverged = True
         if stage.kind == "review":
             pulled = by_name["review"].folder / "pulled.parquet"
-            stage = Stage(stage.name, stage.output, [*inputs, pulled], params={"decisions": str(pulled)},
+            stage = Stage(stage.name, stage.output, [*inputs, pulled],
+                          params={"decisions": str(pulled), "push": recipe.review.push},
                           what="the main run's review decisions", kind="decisions")
         else:
             stage = Stage(stage.name, stage.output, inputs, commands, stage.params, stage.what, stage.kind)

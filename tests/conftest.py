@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,17 @@ def run_curate_many(calls: list) -> list[subprocess.CompletedProcess]:
         out, err = proc.communicate(timeout=300)
         done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
     return done
+
+
+TRAIN = Path(sys.executable).parent / "train"
+TRAIN_ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # as the `train` script sets for itself
+
+
+def run_train(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the installed `train` script to the end; a failure shows the tail of its stderr."""
+    proc = subprocess.run([str(TRAIN), *map(str, args)], capture_output=True, text=True, env=TRAIN_ENV, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

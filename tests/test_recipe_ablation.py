@@ -135,3 +135,43 @@ def test_ablate_names_a_step_of_the_recipe(tmp_path):
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(InputError, match="'check-labels' is not a step or source of this recipe"):
         load_recipe(path)
+
+
+def test_a_variant_takes_the_main_runs_review_decisions(tmp_path):
+    """Rejected and pending rows are left out, corrections applied, unseen rows routed as the policy says."""
+    import polars as pl
+
+    from curate.readers import read_records
+    from curate.writers import write_records
+    from recipes.review_stage import apply_decisions
+    from recipes.stages import Stage
+
+    def row(text, label, source, outcome=None, record=True):
+        meta = json.dumps({"review": {"record": f"k:{text}"}} if record else {})
+        return {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": label}],
+                "label": label, "source": source, "meta": meta, "review_outcome": outcome}
+
+    pulled_rows = [row("accepted one", "billing", "synth:t", "accepted"), row("rejected one", "billing", "synth:t", "rejected"),
+                   row("corrected one", "shipping", "synth:t", "corrected"), row("pending one", "billing", "synth:t", "pending")]
+    raw = pl.DataFrame(pulled_rows).with_columns(pl.lit("x").alias("id"))
+    ids = {r["messages"][0]["content"]: f"id-{i}" for i, r in enumerate(pulled_rows)}
+    pulled = raw.with_columns(pl.Series("id", list(ids.values())))
+    write_records(pulled, tmp_path / "pulled.parquet")
+    variant_rows = [{**r, "label": "billing", "review_outcome": None, "meta": "{}"} for r in pulled_rows] + [
+        row("never seen, generated", "account", "synth:t", record=False),
+        row("never seen, real", "account", "tickets", record=False)]
+    variant = pl.DataFrame(variant_rows).with_columns(
+        pl.Series("id", [*ids.values(), "id-unseen-synth", "id-unseen-real"])).drop("review_outcome")
+    write_records(variant, tmp_path / "variant.parquet")
+    stage = Stage("no-x:review", tmp_path / "out" / "accepted.parquet", [tmp_path / "variant.parquet", tmp_path / "pulled.parquet"],
+                  params={"decisions": str(tmp_path / "pulled.parquet"), "push": {"route": "synthetic"}}, kind="decisions")
+    (tmp_path / "out").mkdir()
+    apply_decisions(stage)
+    kept = read_records(stage.output).records
+    assert sorted(kept["id"].to_list()) == ["id-0", "id-2", "id-unseen-real"]
+    assert kept.filter(pl.col("id") == "id-2")["label"].item() == "shipping"  # the correction, not the variant's label
+    from curate.drops import read_drops
+
+    drops = read_drops(stage.output)
+    assert dict(zip(drops["id"], drops["reason"])) == {"id-1": "review_rejected", "id-3": "review_pending",
+                                                       "id-unseen-synth": "review_pending"}

@@ -9,9 +9,6 @@ bad input are tested without an engine.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -19,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import f1_score
 
-from conftest import write_jsonl
+from conftest import run_train, write_jsonl
 from curate.manifest import Manifest
 from curate.models import resolve_llm
 from train import metrics as M
@@ -29,8 +26,6 @@ from train.evaluate import EvalConfig, make_plan
 from train.objective import Objective, parse_target
 from train.tokenize import IGNORE, encode
 
-TRAIN = Path(sys.executable).parent / "train"
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
 SYSTEM = "Sort the request into fruit or tool. Answer with the category only."
 LABELS = ["fruit", "tool"]
 FRUITS = ["apple", "banana", "cherry", "mango", "pear", "plum", "grape", "lemon"]
@@ -59,12 +54,6 @@ def test_rows() -> list[dict]:
 test_rows.__test__ = False  # a data helper, not a test
 
 
-def run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eval")
@@ -76,8 +65,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def trained(files) -> Path:
     """A real adapter: 10 training rows, 2 validation rows, 3 steps of 4 rows."""
     out = files["root"] / "lora"
-    run([str(TRAIN), "lora", str(files["train"]), "-o", str(out), "--epochs", "1", "--batch-size", "4",
-         "--micro-batch-size", "4", "--val-size", "2", "--max-length", "64", "--seed", "3", "--quiet"])
+    run_train("lora", files["train"], "-o", out, "--epochs", "1", "--batch-size", "4",
+              "--micro-batch-size", "4", "--val-size", "2", "--max-length", "64", "--seed", "3", "--quiet")
     return out
 
 
@@ -85,8 +74,8 @@ def trained(files) -> Path:
 def evaluated(trained, files) -> dict:
     """One `train eval` run (one engine start); the objective is an absolute accuracy target."""
     out = files["root"] / "eval"
-    proc = run([str(TRAIN), "eval", str(trained), "--test", str(files["test"]), "-o", str(out),
-                "--metric", "accuracy", "--target", "85%", "--max-model-len", "512", "--quiet"])
+    proc = run_train("eval", trained, "--test", files["test"], "-o", out,
+                     "--metric", "accuracy", "--target", "85%", "--max-model-len", "512", "--quiet")
     report = json.loads((out / "eval.json").read_text())
     return {"out": out, "report": report, "stdout": proc.stdout, "stderr": proc.stderr,
             "predictions": pl.read_parquet(out / "predictions.parquet")}

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from curate.atomic import atomic_path, write_text
 from curate.console import console

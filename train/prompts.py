@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from train.errors import TrainError
-from train.metrics import CLASSIFICATION, EXACT
+from train.metrics import CLASSIFICATION, EXACT, FREE
 
 MAX_DEFAULT_SHOTS = 8
 Messages = list[dict[str, str]]

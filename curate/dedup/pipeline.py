@@ -15,7 +15,8 @@ import polars as pl
 from curate.dedup.clusters import KEEP_POLICIES, KeepPolicy, cluster, keep_rank
 from curate.dedup.exact import exact_pairs
 from curate.dedup.near import NearDedupConfig, near_duplicate_pairs
-from curate.dedup.semantic import SemanticDedupConfig, embed, semantic_pairs
+from curate.dedup.semantic import SemanticDedupConfig, semantic_pairs
+from curate.embeddings import embed
 from curate.drops import empty_drops, make_drops
 from curate.text import DEFAULT_FIELDS, field_text, match_text
 

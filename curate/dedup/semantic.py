@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from curate.models import resolve_embedder
+from curate.embeddings import embed  # re-exported: embedding lives in curate.embeddings (cached)
 
 
 @dataclass
@@ -35,17 +35,6 @@ class SemanticDedupConfig:
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= 1:
             raise ValueError(f"semantic threshold must be in (0, 1], got {self.threshold}")
-
-
-def embed(texts: list[str], model: str | None = None, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Unit-length float32 embeddings, one row per text."""
-    from sentence_transformers import SentenceTransformer
-
-    encoder = SentenceTransformer(str(resolve_embedder(model).path), device="cpu")
-    vectors = encoder.encode(
-        texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True, normalize_embeddings=True
-    )
-    return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 def semantic_pairs(vectors: np.ndarray, config: SemanticDedupConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -96,7 +96,7 @@ def existing_ids(conn: Connection, dataset: "rg.Dataset") -> set[str]:
 
 
 def _embed(df: pl.DataFrame, embedder: str | None) -> list[list[float]]:
-    from curate.dedup.semantic import embed
+    from curate.embeddings import embed
     from curate.text import field_text
 
     texts = df.select(field_text(("user", "assistant")).alias("t"))["t"].to_list()
