@@ -109,6 +109,8 @@ class BenchmarkError(Exception):
 
 @dataclass
 class Task:
+    """The held-out test rows and the pool, drawn from one order of one corpus."""
+
     source: str
     test: list[dict[str, str]]
     pool: list[dict[str, str]]
@@ -244,7 +246,8 @@ def make_noisy(task: Task, seed: int) -> tuple[list[dict[str, str]], list[str], 
 
 
 def write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
-    write_text(path, "".join(json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False) + "\n" for r in rows))
+    lines = (json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False) + "\n" for r in rows)
+    write_text(path, "".join(lines))
 
 
 # -- running smallset's CLIs ------------------------------------------------------------------
@@ -277,7 +280,8 @@ class Runner:
         seconds = time.perf_counter() - t0
         self.commands.append({"name": name, "argv": argv, "rc": rc, "seconds": round(seconds, 2)})
         if rc != 0:
-            tail = "\n".join(err.read_text(errors="replace").splitlines()[-25:]) or out.read_text(errors="replace")[-2000:]
+            tail = ("\n".join(err.read_text(errors="replace").splitlines()[-25:])
+                    or out.read_text(errors="replace")[-2000:])
             raise BenchmarkError(f"{name} failed (exit {rc}): {shlex.join(argv)}\n--- last lines of {err} ---\n{tail}")
         return seconds
 
@@ -290,7 +294,9 @@ def select_args(curate: str) -> list[str]:
     return ["--size", "1000"]
 
 
-def step_argv(step: str, curate: str, source: Path, out: Path, test: Path, labels: list[str], select: list[str]) -> list[str]:
+def step_argv(step: str, curate: str, source: Path, out: Path, test: Path, labels: list[str],
+              select: list[str]) -> list[str]:
+    """One curation step as the recipe's defaults run it."""
     head = [curate, step, str(source), "-o", str(out)]
     if step == "dedup":
         return [*head, "--method", "exact", "--method", "near", "--method", "semantic"]
@@ -324,7 +330,7 @@ def user_texts(path: Path) -> list[str]:
 
 @dataclass
 class Version:
-    """One version of the pool: its files, its cached curation steps, its arms' results."""
+    """One version of the pool: its files, its curation steps (computed once, shared by the arms), its planted noise."""
 
     name: str
     pool: Path
@@ -361,14 +367,16 @@ class Version:
 
 
 def run_arm(version: Version, arm: str, run: Runner, tools: dict[str, str], select: list[str],
-            epochs: int, seed: int) -> dict[str, Any]:
+            epochs: int, lr: float | None, seed: int) -> dict[str, Any]:
+    """Curate (from the shared steps), train, evaluate on the common test set and k-shot pool; a line of timing."""
     t0 = time.perf_counter()
     data, curate_seconds = version.curated_data(chain_of(arm), run, tools["curate"], select)
     folder = version.work / "arms" / arm
     if folder.exists():
         shutil.rmtree(folder)
     wall_train = run(f"{version.name}.{arm}.train", [tools["train"], "lora", str(data), "-o", str(folder / "train"),
-                                                      "--epochs", str(epochs), "--seed", str(seed), "--quiet"])
+                                                      "--epochs", str(epochs), *(["--lr", str(lr)] if lr else []),
+                                                      "--seed", str(seed), "--quiet"])
     manifest = json.loads((folder / "train" / "adapter.manifest.json").read_text())
     wall_eval = run(f"{version.name}.{arm}.eval", [
         tools["train"], "eval", str(folder / "train"), "--test", str(version.test), "--shots-from", str(version.pool),
@@ -415,7 +423,8 @@ def summarize(version: str, results: list[dict[str, Any]], seed: int) -> dict[st
             for ref_name, ref in (("raw", raw), ("curated", by_arm.get("curated"))):
                 if ref is not None and ref is not r:
                     other = [p["prediction"] for p in ref["predictions"]["adapter"]]
-                    row[f"{metric}_vs_{ref_name}"] = paired_difference(TASK, metric, gold, pred, other, labels, draws=draws)
+                    row[f"{metric}_vs_{ref_name}"] = paired_difference(TASK, metric, gold, pred, other, labels,
+                                                                       draws=draws)
         rows.append(row)
     kshots = {json.dumps([p["prediction"] for p in r["predictions"]["kshot"]]) for r in results}
     baselines = {c: {m: interval(TASK, m, gold, [p["prediction"] for p in first["predictions"][c]], labels, draws=draws)
@@ -490,28 +499,33 @@ def parse_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [v for v in items if v not in allowed]
     if unknown or not items:
-        raise argparse.ArgumentTypeError(f"{what}: unknown {', '.join(unknown) or '(none given)'}; "
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown) or '(none given)'}; "
                                          f"choose from {', '.join(allowed)}")
     return list(dict.fromkeys(items))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", type=int, default=2000, help="rows in the training pool (default 2000)")
     parser.add_argument("--test-size", type=int, default=300, help="held-out test rows (default 300)")
-    parser.add_argument("--versions", type=lambda v: parse_list(v, VERSIONS, "--versions"), default=list(VERSIONS),
+    parser.add_argument("--versions", type=lambda v: parse_list(v, VERSIONS, "version"), default=list(VERSIONS),
                         help="comma-separated: clean,noisy (default both)")
-    parser.add_argument("--arms", type=lambda v: parse_list(v, ARMS, "--arms"), default=list(ARMS),
+    parser.add_argument("--arms", type=lambda v: parse_list(v, ARMS, "arm"), default=list(ARMS),
                         help=f"comma-separated, from {','.join(ARMS)} (default all)")
     parser.add_argument("--epochs", type=int, default=1, help="train lora --epochs for every arm (default 1)")
-    parser.add_argument("--workdir", type=Path, help="where data, steps, adapters and logs go (default a new temp folder, kept)")
-    parser.add_argument("--seed", type=int, default=0, help="data sampling, noise, training, shots and bootstrap (default 0)")
+    parser.add_argument("--lr", type=float, help="train lora --lr for every arm (default: train lora's own)")
+    parser.add_argument("--workdir", type=Path,
+                        help="where data, steps, adapters and logs go (default a new temp folder, kept)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="data sampling, noise, training, shots and bootstrap (default 0)")
     parser.add_argument("--json", type=Path, help="also write the tables and verdicts here as JSON")
     args = parser.parse_args(argv)
     if args.pool < 20 or args.test_size < 10:
         parser.error("--pool must be at least 20 and --test-size at least 10")
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if args.lr is not None and args.lr <= 0:
+        parser.error("--lr must be above 0")
     try:
         return run_benchmark(args)
     except BenchmarkError as exc:
@@ -551,7 +565,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
                   + ", ".join(f"{lab} {n}" for lab, n in sorted(planted["class_mix"].items(), key=lambda kv: -kv[1])))
         version = Version(name, pool, test, task.labels, work / name, kinds)
         print(f"[{name}] {len(args.arms)} arms")
-        results = [run_arm(version, arm, run, tools, select, args.epochs, args.seed) for arm in args.arms]
+        results = [run_arm(version, arm, run, tools, select, args.epochs, args.lr, args.seed) for arm in args.arms]
         summary = summarize(name, results, args.seed)
         print()
         print_table(summary)
@@ -559,7 +573,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t_start
     print(f"wall time: {wall:.0f} s")
     if args.json:
-        doc = {"source": task.source, "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        parameters = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        doc = {"source": task.source, "parameters": parameters,
                "workdir": str(work), "select": select, "wall_seconds": round(wall, 1), "versions": summaries,
                "commands": run.commands}
         write_text(args.json, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")

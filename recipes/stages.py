@@ -243,7 +243,8 @@ def _eval_stage(recipe: Recipe, run_dir: Path, train: Stage, pool: Path, variant
     target = (f"{objective.target.over.replace('_', '')}+{objective.target.value:g}" if objective.target.over
               else f"{objective.target.value:g}")
     options = _eval_options(recipe)
-    options.setdefault("shots-from", str(pool))  # one k-shot pool for every adapter of the run
+    given = options.pop("shots-from", options.pop("shots_from", None))
+    options["shots-from"] = str(recipe.resolve(given) if given else pool)  # one k-shot pool for every adapter of the run
     eval_cmd = [_exe("train"), "eval", str(train.output), "--test", str(test), "-o", str(eval_dir),
                 "--metric", objective.metric, "--target", target, *_objective_args(recipe),
                 *_args(_commands(), recipe.path, "train eval", options, "eval",

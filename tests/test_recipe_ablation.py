@@ -100,7 +100,7 @@ def test_a_second_run_skips_every_stage(ablated):
     proc = subprocess.run([str(SMALLSET), "run", str(ablated["recipe"]), "--run-dir", str(ablated["run"])],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "0 stage(s) ran" in proc.stdout
+    assert "0 stage(s) ran" in proc.stdout + proc.stderr
 
 
 def test_curve_runs_before_a_select_without_a_size(tmp_path):
