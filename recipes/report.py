@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 
 from curate import plots
 from curate.atomic import write_text

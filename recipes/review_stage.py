@@ -31,6 +31,7 @@ from curate.manifest import Manifest
 from curate.readers import read_records
 from curate.review.server import DEFAULT_PORT, DEFAULT_WORKSPACE, Workspace, external_deployment
 from curate.writers import write_records
+from recipes.commands import run_command
 from recipes.stages import _exe
 
 SERVER_START_S = 300.0
@@ -64,8 +65,6 @@ def ensure_server(workspace: Path, port: int, say) -> str:
 
 def review(stage, ctx) -> str | None:
     """Run the review stage of `ctx`'s recipe; a message back means the run waits for people."""
-    from recipes.runner import run_command
-
     params = stage.params
     workspace = Path(params["workspace"]) if params.get("workspace") else DEFAULT_WORKSPACE
     url = ensure_server(workspace, params.get("port") or DEFAULT_PORT, ctx.say)

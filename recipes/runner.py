@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import json
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,15 +23,11 @@ from typing import Any
 
 from curate.atomic import write_text
 from curate.console import console
-from curate.errors import SmallsetError
+from recipes.commands import RunError, run_command
 from recipes.spec import Recipe
 from recipes.stages import Stage, plan
 
 STATE_FILE = "run.json"
-
-
-class RunError(SmallsetError):
-    """A stage failed; the message names it and how to continue."""
 
 
 @dataclass
@@ -159,20 +154,3 @@ def _perform(stage: Stage, ctx: Context, resuming: bool) -> str | None:
             cmd = [*cmd, "--resume"]
         run_command(cmd, stage.name)
     return None
-
-
-def run_command(cmd: list[str], stage: str) -> None:
-    """One command, its output on the terminal; it dies with the runner (no orphan keeps writing)."""
-    from curate.review.server import _child_setup
-
-    proc = subprocess.Popen(cmd, preexec_fn=_child_setup)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)  # the child got the same Ctrl-C; let it save its progress
-        raise
-    if code != 0:
-        shown = " ".join(Path(cmd[0]).name if i == 0 else a for i, a in enumerate(cmd))
-        raise RunError(f"stage '{stage}' failed: `{shown}` exited with {code}; fix the cause and run again "
-                       "(finished stages are kept)")
