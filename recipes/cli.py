@@ -76,8 +76,10 @@ def check(recipe_file: Path, run_dir: Path | None) -> None:
     recipe = load_recipe(recipe_file)
     folder = _run_dir(recipe, run_dir)
     state = load_state(folder)["stages"] if folder.exists() else {}
-    for n, stage in enumerate(plan(recipe, folder), 1):
+    stages = plan(recipe, folder)
+    width = max(14, *(len(s.name) for s in stages))
+    for n, stage in enumerate(stages, 1):
         entry, key = state.get(stage.name, {}), stage.key(folder)
         status = "done" if is_fresh(stage, entry, key) else entry.get("status", "to run") if entry.get("key") == key else "to run"
-        console.print(f"{n:>2}. {stage.name:<14} {status:<8} {stage.what}", highlight=False)
+        console.print(f"{n:>2}. {stage.name:<{width}} {status:<8} {stage.what}", highlight=False, soft_wrap=True)
     console.print(f"{recipe_file}: valid")
