@@ -45,6 +45,7 @@ the curated arm trains on <= 1,000 rows, beats raw (the paired accuracy interval
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import re
@@ -124,7 +125,12 @@ def build_task(pool_size: int, test_size: int, seed: int) -> Task:
     if man_corpus.available():
         corpus = man_corpus.ManCorpus(seed)
         rows = corpus.take(need)
-        source = f"Debian man pages ({man_corpus.MAN_ROOT}, sections {', '.join(man_corpus.SECTIONS)})"
+        names = "\n".join(str(p) for p in corpus.files_sorted())
+        fingerprint = hashlib.blake2b(names.encode(), digest_size=6).hexdigest()
+        # The pages are whatever Debian packages are installed: a package installed between two runs
+        # (chromium brings its own pages) reshuffles the order, so runs compare only at one fingerprint.
+        source = (f"Debian man pages ({man_corpus.MAN_ROOT}, sections {', '.join(man_corpus.SECTIONS)}; "
+                  f"{len(corpus.files)} pages, fingerprint {fingerprint})")
         extra = iter(corpus)
         for _ in range(len(rows)):
             next(extra)

@@ -209,6 +209,10 @@ class ManCorpus:
         self.rows: list[dict[str, str]] = []
         self._seen: set[str] = set()
 
+    def files_sorted(self) -> list[Path]:
+        """The pages this corpus draws from, in a fixed order (their names identify the corpus)."""
+        return sorted(p for p, _ in self.files)
+
     def __iter__(self) -> Iterator[dict[str, str]]:
         """Every row so far, then new ones as pages are parsed."""
         i = 0
