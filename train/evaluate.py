@@ -11,10 +11,12 @@ adapter's own training split. Every metric carries a percentile bootstrap interv
 over the test rows, and every adapter's difference from the main adapter (and the
 main adapter's from k-shot) a paired one (`train.bootstrap`). Test rows with a
 near-copy in the adapter's training data (n-gram or MinHash overlap, measured as
-`curate decontaminate` does) are counted and warned about, not only exact copies. Decoding is greedy; for
-classification every contender's answer is constrained to the label set by vLLM's
-guided choice (or, with `constrain=False`, parsed from free generation the same way
-for all three), so no contender loses points to formatting the others are spared.
+`curate decontaminate` does) are counted and warned about, not only exact copies.
+
+Decoding is greedy; for classification every contender's answer is constrained to the
+label set by vLLM's guided choice (or, with `constrain=False`, parsed from free
+generation the same way for all), so no contender loses points to formatting the
+others are spared.
 
 Prompts are laid out as the training records are (`train.prompts`) and rendered by the
 base model's chat template; every prompt vLLM tokenized is compared with the tokens
@@ -237,7 +239,8 @@ def make_plan(adapter: str | Path, test: str | Path, config: EvalConfig, shots_f
     test_records = read_records(test, mapping).records
     manifest.add_input(test)
     test_rows = examples_of(test_records, f"the test set {test}")
-    train_rows, source = training_rows(adapter_dir, shots_from)
+    trained_on = adapter_training_records(adapter_dir)  # read once: the k-shot pool's default and the near-copy check
+    train_rows, source = training_rows(adapter_dir, shots_from, trained_on)
     manifest.add_input(source)
 
     task = config.task if config.task != "auto" else detect_task(test_rows)
@@ -260,9 +263,8 @@ def make_plan(adapter: str | Path, test: str | Path, config: EvalConfig, shots_f
     conversations.update({name: prompts for name in adapters})
     max_tokens = config.max_tokens or default_max_tokens(task, labels, resolved, config.constrain)
     check_lengths(resolved, conversations["kshot"], max_tokens, config.max_model_len)
-    trained_on = adapter_training_records(adapter_dir)
-    train_examples = train_rows if trained_on is None else examples_of(trained_on, "the training data")
-    near = near_copies(test_records, trained_on) if trained_on is not None else []
+    train_examples = train_rows if trained_on is None else examples_of(trained_on[0], "the training data")
+    near = near_copies(test_records, trained_on[0]) if trained_on is not None else []
     return Plan(adapter_dir, lora_slot(max(ranks)), resolved, task, labels if task == M.CLASSIFICATION else [],
                 test_rows, shots, system, str(source), overlap(test_rows, train_examples), conversations, max_tokens,
                 adapters, near)
@@ -290,15 +292,22 @@ def examples_of(records: pl.DataFrame, what: str) -> list[Example]:
     return to_examples(records["id"].to_list(), records["messages"].to_list(), labels, what)
 
 
-def training_rows(adapter_dir: Path, shots_from: str | Path | None) -> tuple[list[Example], Path]:
-    """The rows the k-shot prompt draws from: the declared pool (--shots-from), else the adapter's own training split."""
+def training_rows(adapter_dir: Path, shots_from: str | Path | None,
+                  trained_on: tuple[pl.DataFrame, Path] | None = None) -> tuple[list[Example], Path]:
+    """The rows the k-shot prompt draws from: the declared pool (--shots-from), else the adapter's own training split.
+
+    `trained_on`: the adapter's training records and file, when the caller has read them already.
+    """
     from curate.readers import read_records
 
     if shots_from is not None:
         return examples_of(read_records(shots_from).records, f"the shots file {shots_from}"), Path(shots_from)
     hint = "pass --shots-from FILE with training rows for the k-shot prompt"
-    source = adapter_training_file(adapter_dir, hint)
-    rows = examples_of(read_records(source).records, f"the training data {source}")
+    if trained_on is None:
+        source = adapter_training_file(adapter_dir, hint)
+        trained_on = (read_records(source).records, source)
+    records, source = trained_on
+    rows = examples_of(records, f"the training data {source}")
     split = adapter_dir.parent / "split.json"
     if split.is_file():  # k-shot draws from the rows the adapter was trained on, not its validation rows
         keep = set(json.loads(split.read_text())["train"])
@@ -324,14 +333,15 @@ def adapter_training_file(adapter_dir: Path, hint: str) -> Path:
     return source
 
 
-def adapter_training_records(adapter_dir: Path) -> pl.DataFrame | None:
-    """Every row the adapter was trained or validated on, or None when its manifest does not say."""
+def adapter_training_records(adapter_dir: Path) -> tuple[pl.DataFrame, Path] | None:
+    """Every row the adapter was trained or validated on, and its file; None when its manifest does not say."""
     from curate.readers import read_records
 
     try:
-        return read_records(adapter_training_file(adapter_dir, "")).records
+        source = adapter_training_file(adapter_dir, "")
     except TrainError:
         return None
+    return read_records(source).records, source
 
 
 def near_copies(test: pl.DataFrame, training: pl.DataFrame) -> list[str]:
