@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from curate.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
@@ -22,6 +24,7 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
     `dest` is left untouched.
     """
     dest = Path(dest)
+    _check_parents(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     target = tmp / (dest.name + suffix)
@@ -41,6 +44,15 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
         _fsync_dir(dest.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_parents(dest: Path) -> None:
+    """A folder to create where a file stands: say so, rather than fail in mkdir with FileExistsError."""
+    for parent in dest.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(dest, f"cannot create it: {parent} is a file, not a folder")
+            return
 
 
 def sidecar(output: str | os.PathLike[str], kind: str) -> Path:

@@ -41,14 +41,17 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
+from pathlib import Path
 from typing import Literal
 
+import click
 import numpy as np
 import polars as pl
 
 from curate.dedup.near import NearDedupConfig, near_duplicate_pairs
 from curate.drops import empty_drops, make_drops
-from curate.text import DEFAULT_FIELDS, match_text
+from curate.step import Step, StepResult, fields_option, option, unit_interval
+from curate.text import match_text
 
 Weighting = Literal["idf", "none"]
 WEIGHTINGS: tuple[str, ...] = ("idf", "none")
@@ -73,45 +76,91 @@ def _check_max_df(value: float) -> None:
             "an n-gram shared by one evaluation row and one training row is what contamination looks like")
 
 
+class MaxDf(click.ParamType):
+    """Rows, a share of rows, or none (a click type, so recipes are checked against it before a run)."""
+
+    name = "ROWS|SHARE|none"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_max_df(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @dataclass
 class DecontaminationConfig:
     """How much overlap with the evaluation set makes a training row contaminated."""
 
-    ngram: int = 8
+    against: tuple[Path, ...] = option((), "Evaluation or held-out set (any readable format); repeatable.",
+                                       multiple=True, required=True, dataset=True, type=click.Path(path_type=Path))
+    """The evaluation sets (read by the step's command; the library function takes the rows)."""
+    ngram: int = option(8, "Word n-gram length for the overlap check.")
     """Word n-gram length for the overlap check."""
-    max_ngram_overlap: float = 0.5
+    max_overlap: float = option(0.5, "Drop a row when this share of its n-grams (weighted by --weighting) occurs in "
+                                "the evaluation set.", callback=unit_interval)
     """Drop when at least this share of the row's n-grams (weighted by `weighting`) occurs in the evaluation set."""
-    weighting: Weighting = "idf"
+    weighting: Weighting = option("idf", "idf: stock phrases (see --max-df) are left out of both checks and every "
+                                  "other n-gram weighs its rarity in the training plus evaluation rows; none: every "
+                                  "n-gram of the whole text counts once.", type=click.Choice(WEIGHTINGS))
     """How an n-gram counts in the share: "idf" leaves stock phrases out (`max_df`) and weighs every
     other n-gram by its rarity in the pool (training plus evaluation rows), log(N / rows containing
     it); "none" counts every n-gram of the whole text once (the behaviour before weighting, `max_df`
     unused)."""
-    max_df: float | None = 10
+    max_df: float | None = option(10, "With idf: n-grams in more than this many rows (a share of all rows when below "
+                                  "1, e.g. 0.05) are stock phrases (greetings, signatures); none: no stock phrases, "
+                                  "idf weights alone.", type=MaxDf(), cli_default="10")
     """With idf: n-grams in more than this many pool rows (a share of the pool's rows when below 1)
     are stock phrases, left out of both checks. Contamination is one evaluation row and the few
     training rows that copy it; a phrase in more rows is a template. None: idf weights alone."""
-    near: NearDedupConfig | None = field(default_factory=NearDedupConfig)
-    """MinHash check (None turns it off); its threshold is a Jaccard similarity."""
-    fields: tuple[str, ...] = DEFAULT_FIELDS
+    threshold: float = option(0.8, "MinHash check: Jaccard similarity with any evaluation row.", callback=unit_interval)
+    minhash: bool = option(True, "--no-minhash: only the n-gram check.", flag="--minhash/--no-minhash")
+    """The MinHash check (its threshold is a Jaccard similarity); False leaves only the n-gram check."""
+    fields: tuple[str, ...] = fields_option()
     """Compared text: by default everything, so that a test prompt paired with any answer counts."""
+    near: NearDedupConfig | None = field(init=False)
+    """The MinHash check's settings (None: off)."""
 
     def __post_init__(self) -> None:
         if self.ngram < 1:
             raise ValueError(f"ngram must be >= 1, got {self.ngram}")
-        if not 0 < self.max_ngram_overlap <= 1:
-            raise ValueError(f"max_ngram_overlap must be in (0, 1], got {self.max_ngram_overlap}")
+        if not 0 < self.max_overlap <= 1:
+            raise ValueError(f"max_overlap must be in (0, 1], got {self.max_overlap}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         if self.max_df is not None:
             _check_max_df(self.max_df)
+        self.near = NearDedupConfig(threshold=self.threshold) if self.minhash else None
 
 
-@dataclass
-class DecontaminationResult:
-    kept: pl.DataFrame
-    drops: pl.DataFrame
-    counts: dict[str, int]
-    """Drops by reason, plus `eval_rows_matched`: distinct evaluation rows some dropped row is close to."""
+class Decontaminate(Step):
+    """Drop training rows that overlap an evaluation or held-out set.
+
+    Each drop says how many evaluation rows it is close to; the manifest counts
+    eval_rows_matched, the evaluation rows some dropped row is close to.
+
+    \b
+    Example:
+      curate decontaminate train.parquet --against test.jsonl -o train.clean.parquet
+    """
+
+    name = "decontaminate"
+    Config = DecontaminationConfig
+    evaluation: pl.DataFrame | None = None
+
+    def prepare(self, inputs) -> None:
+        self.evaluation = pl.concat([inputs.records(path) for path in self.config.against], how="diagonal_relaxed")
+
+    def run(self, records: pl.DataFrame) -> StepResult:
+        result = decontaminate(records, self.evaluation, self.config)
+        matched = result.counts["eval_rows_matched"]
+        result.counts = {"eval_rows_matched": matched}
+        result.messages.append(f"{result.drops.height} training rows dropped, close to {matched} of "
+                               f"{self.evaluation.height} evaluation rows")
+        return result
+
+
+DecontaminationResult = StepResult  # the name before the step contract
 
 
 def _ngrams(text: str, n: int) -> list[int]:
@@ -211,7 +260,7 @@ def _closeness(rows: list[int]) -> str:
     return f"close to {len(rows)} evaluation row{'s' if len(rows) != 1 else ''} ({shown})"
 
 
-def decontaminate(train: pl.DataFrame, evaluation: pl.DataFrame, config: DecontaminationConfig | None = None) -> DecontaminationResult:
+def decontaminate(train: pl.DataFrame, evaluation: pl.DataFrame, config: DecontaminationConfig | None = None) -> StepResult:
     """Drop rows of `train` that overlap `evaluation`."""
     config = config or DecontaminationConfig()
     if train.height == 0:
@@ -273,10 +322,10 @@ def decontaminate(train: pl.DataFrame, evaluation: pl.DataFrame, config: Deconta
                 similar.setdefault(b - offset, {})[a] = sim
 
     hits: dict[int, tuple[str, int, float, list[int]]] = {}  # train row -> (reason, eval row, similarity, close rows)
-    flagged = set(np.flatnonzero(share >= config.max_ngram_overlap).tolist())
+    flagged = set(np.flatnonzero(share >= config.max_overlap).tolist())
     for row in sorted(flagged | set(similar)):
         per_eval = per_eval_share(row)
-        close = _close_rows(per_eval, similar.get(row, {}), config.max_ngram_overlap)
+        close = _close_rows(per_eval, similar.get(row, {}), config.max_overlap)
         if row in flagged:
             best = max(per_eval, key=per_eval.get)  # first of the best on ties
             hits[row] = ("eval_ngram_overlap", best, float(share[row]), close)
@@ -286,7 +335,7 @@ def decontaminate(train: pl.DataFrame, evaluation: pl.DataFrame, config: Deconta
 
     matched_eval = sorted({e for *_, close in hits.values() for e in close})
     if not hits:
-        return DecontaminationResult(train, empty_drops(), {"eval_rows_matched": 0})
+        return StepResult(train, empty_drops(), {"eval_rows_matched": 0})
     rows = sorted(hits)
     reasons = [hits[r][0] for r in rows]
     stock = " (stock phrases left out)" if np.isfinite(cap) else ""
@@ -308,4 +357,4 @@ def decontaminate(train: pl.DataFrame, evaluation: pl.DataFrame, config: Deconta
     )
     keep = pl.Series([True] * train.height)
     keep = keep.scatter(rows, False)
-    return DecontaminationResult(train.filter(keep), drops, {**Counter(reasons), "eval_rows_matched": len(matched_eval)})
+    return StepResult(train.filter(keep), drops, {**Counter(reasons), "eval_rows_matched": len(matched_eval)})

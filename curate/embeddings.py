@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.manifest import content_hash
 from curate.models import DEFAULT_EMBEDDER_NAME, ResolvedModel, cache_dir, resolve_embedder
 
 CACHE_ENV = "SMALLSET_EMBED_CACHE"
@@ -137,15 +138,9 @@ def embedder_identity(resolved: ResolvedModel) -> str:
     stats = tuple((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
     memo_key = (str(folder), stats)
     if memo_key not in _fingerprints:
-        digest = hashlib.blake2b(digest_size=16)
-        for (name, size, mtime), path in zip(stats, files):
-            digest.update(f"{name}\0{size}\0".encode())
-            if size <= _SMALL_FILE:
-                digest.update(path.read_bytes())
-            else:
-                digest.update(f"{mtime}\0".encode())
+        files_hash = content_hash(folder, skip=lambda rel: ".git" in rel.parts, stat_above=_SMALL_FILE)
         _fingerprints[memo_key] = json.dumps(
-            {"path": str(folder), "files": digest.hexdigest(), "format": FORMAT_VERSION}, sort_keys=True
+            {"path": str(folder), "files": files_hash, "format": FORMAT_VERSION}, sort_keys=True
         )
     return _fingerprints[memo_key]
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import polars as pl
 from tqdm import tqdm
 
-from curate.llm import LLMEngine, SamplingConfig
+from curate.engines import Engine
+from curate.llm import SamplingConfig
 
 DEFAULT_RUBRIC = {
     "correctness": "Is the response correct and consistent with the request?",
@@ -72,7 +73,7 @@ def label_prompt(messages: list[dict], labels: tuple[str, ...]) -> list[dict[str
     ]
 
 
-def judge(df: pl.DataFrame, engine: LLMEngine, config: JudgeConfig | None = None, *, progress: bool = True) -> pl.DataFrame:
+def judge(df: pl.DataFrame, engine: Engine, config: JudgeConfig | None = None, *, progress: bool = True) -> pl.DataFrame:
     """`df` with the judge's columns added."""
     config = config or JudgeConfig()
     if df.height == 0:

@@ -49,14 +49,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import click
 import numpy as np
 import polars as pl
 
 from curate.conditions import ConditionError, condition_mask
 from curate.embeddings import embed
 from curate.drops import empty_drops, make_drops
+from curate.step import Step, StepResult, embedder_model, embedder_option, fields_option, option, unit_interval
 from curate.text import field_text
 
 LABEL_QUALITY_COLUMN = "label_quality"
@@ -72,38 +74,46 @@ METHODS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning"
 class LabelCheckConfig:
     """How `curate check-labels` decides that a label is wrong, and what it does about it."""
 
-    trusted: str | None = None
+    trusted: str | None = option(None, "Polars SQL condition for rows whose labels are true, e.g. \"source = 'tickets'\": "
+                                 "the check learns from them and checks only other rows. [default: none, all rows "
+                                 "out-of-fold]", metavar="CONDITION")
     """Polars SQL condition for rows whose labels are taken as true (None: no row is)."""
-    method: str = "prune_by_noise_rate"
+    method: str = option("prune_by_noise_rate", "cleanlab filter_by: how contradicted a label must be to be suspected; "
+                         "predicted_neq_given is the strictest.", type=click.Choice(METHODS))
     """cleanlab `filter_by`: prune_by_noise_rate (its default) flags, per pair of classes, as many
     rows as the estimated noise rate says, those with the largest margin against their label;
     predicted_neq_given flags every row the classifier labels otherwise (the strictest)."""
-    min_quality: float | None = None
+    min_quality: float | None = option(None, "Also suspect checked rows whose own label's predicted probability is "
+                                       "below this (off-task rows).", type=float, callback=unit_interval)
     """Also suspect checked rows whose own label gets a predicted probability below this (None: off).
     Rows off the task altogether spread their probability over all labels, and confident
     learning, which looks for a *different* label, keeps them; this catches them."""
-    action: str = "auto"
+    action: str = option("auto", "drop: drop every suspected row. flag: keep them with label_issue and label_suggested, "
+                         "drop only strong contradictions. auto: drop with --trusted, flag without.",
+                         type=click.Choice(ACTIONS))
     """What happens to a suspected row. drop: it is dropped. flag: it is kept with label_issue true
     and label_suggested, and dropped only on strong evidence (strong_given, strong_predicted).
     auto: drop with trusted rows (generated rows held to real ones), flag without (every row is
     checked against the others, and a clean row on an ambiguous class boundary looks suspect)."""
-    strong_given: float = 0.05
+    strong_given: float = option(0.05, "flag: drop a suspected row only if its own label's probability is at most "
+                                 "this...", type=click.FloatRange(0, 1))
     """flag: drop a suspected row only if its own label's probability is at most this ..."""
-    strong_predicted: float = 0.6
+    strong_predicted: float = option(0.6, "...and the likeliest label's at least this.", type=click.FloatRange(0, 1))
     """... and the likeliest label's at least this (reason label_contradicted). See the module
     docstring for what these defaults do on real data."""
-    max_class_drop: float = 0.1
+    max_class_drop: float = option(0.1, "Never remove more than this share of one class; the rest of its suspects are "
+                                   "kept flagged, with a warning. 1: no cap.", type=click.FloatRange(0, 1))
     """Never remove more than this share of any one class (its labelled rows in the input), whatever
     the action: beyond it the rows with the weakest evidence are kept, flagged, and the result says
     so (counts `capped_<label>`, a warning). 1.0: no cap. A label the trusted rows never use is
     no class of the task and is not capped."""
-    fields: tuple[str, ...] = ("system", "user")
+    fields: tuple[str, ...] = fields_option(("system", "user"), "Text the label is predicted from.")
     """The text a label is predicted from: the prompt turns, since the reply is the label."""
-    folds: int = 5
+    folds: int = option(5, "Cross-validation folds for out-of-fold probabilities.")
     """Cross-validation folds for out-of-fold probabilities (fewer when a class has fewer rows)."""
     regularization: float = 1.0
     """Inverse regularization strength C of the logistic regression (scikit-learn's default)."""
-    embedder: str | None = None
+    embedder: str | None = embedder_option()
     """Embedder spec (None: the packaged all-MiniLM-L6-v2)."""
 
     def __post_init__(self) -> None:
@@ -129,14 +139,41 @@ class LabelCheckConfig:
         return "drop" if self.trusted is not None else "flag"
 
 
-@dataclass
-class LabelCheckResult:
-    kept: pl.DataFrame
-    drops: pl.DataFrame
-    counts: dict[str, int]
-    """Drops by reason, `flagged` (kept with label_issue true) and `capped_<label>` (kept by the cap)."""
-    warnings: list[str] = field(default_factory=list)
-    """One line per class the cap held back: the CLI prints them loudly."""
+class CheckLabels(Step):
+    """Flag or drop rows whose label their text contradicts (confident learning with cleanlab).
+
+    A logistic regression on sentence embeddings predicts every row's label; cleanlab
+    flags the rows whose given label the predictions contradict. Without --trusted
+    they are kept with label_issue true and label_suggested (route them to review with
+    `curate review push --route filter --where label_issue`); only strong
+    contradictions are dropped. Kept rows gain label_quality, the predicted
+    probability of their own label. No class loses more than --max-class-drop.
+
+    \b
+    Example (generated rows held to what the real, hand-labelled rows say):
+      curate check-labels all.parquet --trusted "source = 'tickets'" --min-quality 0.5 -o checked.parquet
+    """
+
+    name = "check-labels"
+    Config = LabelCheckConfig
+
+    def models(self) -> list[dict]:
+        return embedder_model(self.config.embedder)
+
+    def run(self, records: pl.DataFrame) -> StepResult:
+        result = check_labels(records, self.config)
+        result.warnings = [f"check-labels capped a class: {line}" for line in result.warnings]
+        result.counts = {k: v for k, v in result.counts.items() if k == "flagged" or k.startswith("capped_")}
+        capped = sum(v for k, v in result.counts.items() if k.startswith("capped_"))
+        result.note = (f"; flagged: {result.counts['flagged']} (label_issue)"
+                       + (f", {capped} of them kept by the cap" if capped else ""))
+        result.parameters = {"action_taken": self.config.resolved_action}
+        return result
+
+
+LabelCheckResult = StepResult  # the name before the step contract
+"""Counts: drops by reason, `flagged` (kept with label_issue true) and `capped_<label>` (kept by the
+cap); warnings: one line per class the cap held back."""
 
 
 @dataclass
@@ -151,7 +188,7 @@ class Decision:
     """label -> (rows of the class, rows it would have lost, rows it lost) where the cap held."""
 
 
-def check_labels(df: pl.DataFrame, config: LabelCheckConfig | None = None, *, progress: bool = True) -> LabelCheckResult:
+def check_labels(df: pl.DataFrame, config: LabelCheckConfig | None = None, *, progress: bool = True) -> StepResult:
     """Flag or drop the rows whose labels the data contradicts; see the module docstring."""
     from cleanlab.filter import find_label_issues
 
@@ -233,7 +270,7 @@ def check_labels(df: pl.DataFrame, config: LabelCheckConfig | None = None, *, pr
         warnings.append(f"class {label!r} would lose {would} of its {rows} rows ({would / rows:.0%}), more than "
                         f"max-class-drop {config.max_class_drop:g} allows ({lost}): kept the {would - lost} with the "
                         f"weakest evidence, flagged (label_issue) for review")
-    return LabelCheckResult(kept, drops, result_counts, warnings)
+    return StepResult(kept, drops, result_counts, warnings=warnings)
 
 
 def decide(suspected: np.ndarray, labels: list[str], unknown: np.ndarray, given_p: np.ndarray, top_p: np.ndarray,

@@ -7,6 +7,7 @@ uses are kept, as JSON, in `meta`: reading never loses data silently.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,26 +85,43 @@ class Mapping:
 
 def detect_layout(columns: list[str]) -> tuple[Layout, dict[str, str]] | None:
     """The first layout whose required fields are all present, with its column names."""
+    found = candidate_layouts(columns)
+    return found[0] if found else None
+
+
+def candidate_layouts(columns: list[str]) -> list[tuple[Layout, dict[str, str]]]:
+    """Every layout whose required fields are all present, in detection order, with its column names."""
     present = set(columns)
+    found = []
     for layout in LAYOUTS.values():
         chosen = {}
         for fld in layout.fields:
-            found = next((c for c in _ALIASES.get(fld, (fld,)) if c in present), None)
-            if found:
-                chosen[fld] = found
+            col = next((c for c in _ALIASES.get(fld, (fld,)) if c in present), None)
+            if col:
+                chosen[fld] = col
         if all(f in chosen for f in layout.required):
-            return layout, chosen
-    return None
+            found.append((layout, chosen))
+    return found
 
 
-def resolve(mapping: Mapping, columns: list[str], path: Path | str | None) -> tuple[Layout, dict[str, str]]:
-    """Decide the layout and the column of each field, or say precisely what is missing."""
+def resolve(
+    mapping: Mapping, columns: list[str], path: Path | str | None, raw: pl.DataFrame | None = None
+) -> tuple[Layout, dict[str, str]]:
+    """Decide the layout and the column of each field, or say precisely what is missing.
+
+    Where the columns fit several layouts (a file that mixes them has the columns of
+    each), the layout detected is that of the first row that holds one whole (see
+    `_first_row_layout`), so that the rows of the other layout are the ones blamed.
+    """
     for fld in mapping.columns:
         if not any(fld in layout.fields for layout in LAYOUTS.values()):
             known = sorted({f for layout in LAYOUTS.values() for f in layout.fields})
             raise InputError(path, f"unknown mapping field; known fields: {', '.join(known)}", field=fld)
     if mapping.layout is None and not mapping.columns:
-        detected = detect_layout(columns)
+        found = candidate_layouts(columns)
+        if len(found) > 1 and raw is not None:
+            return _first_row_layout(raw, found)
+        detected = found[0] if found else None
         if detected is None:
             shapes = "; ".join(f"{name}: {layout.example}" for name, layout in LAYOUTS.items())
             raise InputError(
@@ -123,6 +141,23 @@ def resolve(mapping: Mapping, columns: list[str], path: Path | str | None) -> tu
         elif fld in layout.required:
             raise InputError(path, f"missing column '{col}' required by layout '{layout.name}' (columns: {columns})", field=fld)
     return layout, chosen
+
+
+def _complete(layout: Layout, cols: dict[str, str]) -> pl.Expr:
+    """Per row: every required field of `layout` has a value."""
+    return pl.all_horizontal([pl.col(cols[f]).is_not_null() for f in layout.required])
+
+
+def _first_row_layout(
+    raw: pl.DataFrame, found: list[tuple[Layout, dict[str, str]]]
+) -> tuple[Layout, dict[str, str]]:
+    """Of the layouts the columns fit, the first one that the first row with a whole layout holds."""
+    flags = raw.select([_complete(layout, cols).alias(layout.name) for layout, cols in found])
+    first = flags.select(pl.any_horizontal(pl.all()).arg_true().first()).item()
+    if first is None:
+        return found[0]
+    row = flags.row(first, named=True)
+    return next((layout, cols) for layout, cols in found if row[layout.name])
 
 
 def _pick_layout(mapping: Mapping, columns: list[str], path: Path | str | None) -> Layout:
@@ -158,10 +193,18 @@ class Mapped:
     problems: pl.DataFrame
     needs_ids: bool
     meta_json: bool | None = None
+    layout: str | None = None  # the layout read (None: a record set, read as is)
+
+
+# Where a reader knows that a value was not text in the input although the table holds
+# it as text (JSON with a list in some rows and text in others, which polars reads as
+# text, writing each list as JSON): per row index, (column, turn index or None, key in
+# the turn or None, "a list" or "an object").
+Coerced = dict[int, list[tuple[str, "int | None", "str | None", str]]]
 
 
 def to_records(
-    raw: pl.DataFrame, mapping: Mapping, *, source: str, path: Path | str | None = None
+    raw: pl.DataFrame, mapping: Mapping, *, source: str, path: Path | str | None = None, coerced: Coerced | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Map a raw table onto the record model.
 
@@ -169,7 +212,7 @@ def to_records(
     the `field` and `reason` that make it an invalid record (both null when it is
     valid). Column-level problems raise `InputError` at once.
     """
-    mapped = map_rows(raw, mapping, source=source, path=path)
+    mapped = map_rows(raw, mapping, source=source, path=path, coerced=coerced)
     recs = records.with_ids(mapped.records) if mapped.needs_ids else mapped.records
     return recs, mapped.problems
 
@@ -181,18 +224,32 @@ def map_rows(
     source: str,
     path: Path | str | None = None,
     meta_json: bool | None = None,
+    coerced: Coerced | None = None,
 ) -> Mapped:
     """`to_records` without the ids: every other column, and the problems table.
 
     Row by row, so that a table read in blocks maps block by block to the same
     rows as the whole table would (given the same schema and the same `meta_json`).
     `meta_json` forces the one decision that looks at a whole column: whether a text
-    `meta` column holds JSON objects (None: decide from `raw`).
+    `meta` column holds JSON objects (None: decide from `raw`); the layout detected
+    among several that the columns fit is the other (the block reader checks that
+    every block detected the same). `coerced` names the values a reader saw were not
+    text where the table holds text.
+
+    A value is never turned into text that it was not: a list or an object where a
+    field takes text (a label, a prompt, a turn's content) makes its row invalid,
+    rather than becoming the JSON of the list. That includes the OpenAI content-parts
+    form (`"content": [{"type": "text", "text": ...}, ...]`): the parts may be images
+    or audio, which a text record cannot hold, and how text parts join (a space, a
+    newline, nothing) is the user's call and changes the id; the reason says to join them.
     """
     if records.is_record_set(raw) and mapping.layout is None and not mapping.columns:
         return Mapped(records.order_columns(raw), _problems(raw, None), needs_ids=False)
-    layout, cols = resolve(mapping, raw.columns, path)
+    layout, cols = resolve(mapping, raw.columns, path, raw)
     used = set(cols.values())
+    checks: list[tuple[str | None, pl.Expr]] = _other_layout_checks(raw, layout, cols, mapping)
+    raw, type_checks = _checked_types(raw, layout, cols, coerced or {})
+    checks += type_checks
     messages = _MESSAGE_BUILDERS[layout.name](raw, cols, path)
     label = pl.col(cols["label"]).cast(pl.String) if "label" in cols else pl.lit(None, dtype=pl.String)
     if "source" in raw.columns and "source" not in used and raw.schema["source"] == pl.String:
@@ -204,7 +261,9 @@ def map_rows(
     out = raw.select(
         pl.lit("").alias("id"), messages.alias("messages"), label.alias("label"), src.alias("source"), meta.alias("meta")
     )
-    return Mapped(out, _problems(out, raw.select(_missing_value_exprs(layout, cols))), needs_ids=True, meta_json=meta_json)
+    checks += _missing_value_checks(layout, cols)
+    first = raw.select(_first_failing(checks)) if checks else None
+    return Mapped(out, _problems(out, first), needs_ids=True, meta_json=meta_json, layout=layout.name)
 
 
 def _meta(raw: pl.DataFrame, used: set[str], meta_json: bool | None = None) -> tuple[pl.Expr, bool | None]:
@@ -247,28 +306,228 @@ def _holds_json_objects(values: pl.Series) -> bool:
 
 
 def _problems(out: pl.DataFrame, missing: pl.DataFrame | None) -> pl.DataFrame:
-    """Missing required values come first; then what the record model itself rejects."""
+    """The layout's own checks come first (another layout, a value that is not text, a missing
+    value); then what the record model itself rejects."""
     reason = records.problems(out)
     table = pl.DataFrame({"reason": reason}).select(
         pl.when(pl.col("reason").is_not_null()).then(pl.lit("messages")).alias("field"), "reason"
     )
     if missing is None:
         return table
+    found = pl.col("reason").is_not_null()
     return missing.select(
-        pl.coalesce("field", pl.lit(table["field"])).alias("field"),
+        pl.when(found).then(pl.col("field")).otherwise(pl.lit(table["field"])).alias("field"),
         pl.coalesce("reason", pl.lit(table["reason"])).alias("reason"),
     )
 
 
-def _missing_value_exprs(layout: Layout, cols: dict[str, str]) -> list[pl.Expr]:
-    """Per row, the first required scalar field that has no value, and why."""
+def _first_failing(checks: list[tuple[str | None, pl.Expr]]) -> list[pl.Expr]:
+    """Per row, the field and reason of the first check that fails (a reason that is not null)."""
     fld_expr = pl.lit(None, dtype=pl.String)
     why_expr = pl.lit(None, dtype=pl.String)
-    for fld in reversed([f for f in layout.required if f not in ("messages", "conversations")]):
-        empty = pl.col(cols[fld]).is_null()
-        fld_expr = pl.when(empty).then(pl.lit(fld)).otherwise(fld_expr)
-        why_expr = pl.when(empty).then(pl.lit(f"no value in column '{cols[fld]}'")).otherwise(why_expr)
+    for fld, reason in reversed(checks):
+        failed = reason.is_not_null()
+        fld_expr = pl.when(failed).then(pl.lit(fld, dtype=pl.String)).otherwise(fld_expr)
+        why_expr = pl.when(failed).then(reason).otherwise(why_expr)
     return [fld_expr.alias("field"), why_expr.alias("reason")]
+
+
+def _missing_value_checks(layout: Layout, cols: dict[str, str]) -> list[tuple[str | None, pl.Expr]]:
+    """Per required scalar field: no value, or (but for the answer) only white space.
+
+    An empty answer is left to `curate filter` (`empty_response`), a curation decision
+    with its own reason code; an empty prompt or label is not a record at all.
+    """
+    checks = []
+    for fld in (f for f in layout.required if f not in _TURNS_FIELDS):
+        col = pl.col(cols[fld])
+        reason = pl.when(col.is_null()).then(pl.lit(f"no value in column '{cols[fld]}'"))
+        if fld not in ("completion", "output"):
+            reason = reason.when(col.cast(pl.String).str.contains(r"^\s*$")).then(pl.lit(f"column '{cols[fld]}' is empty"))
+        checks.append((fld, reason))
+    return checks
+
+
+def _other_layout_checks(
+    raw: pl.DataFrame, layout: Layout, cols: dict[str, str], mapping: Mapping
+) -> list[tuple[str | None, pl.Expr]]:
+    """A row that holds another detected layout whole, but not the file's: the line where the layout changes."""
+    if mapping.layout is not None or mapping.columns:
+        return []
+    others = [(o, c) for o, c in candidate_layouts(raw.columns) if o.name != layout.name]
+    if not others:
+        return []
+    mine = _complete(layout, cols)
+    reason = pl.lit(None, dtype=pl.String)
+    for other, other_cols in reversed(others):
+        reason = pl.when(~mine & _complete(other, other_cols)).then(pl.lit(
+            f"this row has the '{other.name}' layout, the file's first rows '{layout.name}': "
+            "one layout per file (split the file, or choose with --layout and --map)"
+        )).otherwise(reason)
+    return [(None, reason)]
+
+
+_TURNS_FIELDS = ("messages", "conversations")
+
+
+def _kind(dtype: pl.DataType) -> str | None:
+    """What a column's values are where they are not text (None: text, or a scalar that reads as text)."""
+    if isinstance(dtype, (pl.List, pl.Array)):
+        inner = dtype.inner
+        if isinstance(inner, pl.Struct) and {"type", "text"} <= {f.name for f in inner.fields}:
+            return "a list of content parts"
+        return "a list"
+    if isinstance(dtype, pl.Struct):
+        return "an object"
+    if dtype == pl.Binary:
+        return "bytes"
+    if dtype == pl.Object:
+        return "a Python object"
+    return None
+
+
+def _not_text(kind: str, what: str) -> str:
+    reason = f"{what} is {kind}, expected text"
+    return reason + ("; join the parts' text into one string" if kind == "a list of content parts" else "")
+
+
+def _checked_types(
+    raw: pl.DataFrame, layout: Layout, cols: dict[str, str], coerced: Coerced
+) -> tuple[pl.DataFrame, list[tuple[str | None, pl.Expr]]]:
+    """Rows whose fields hold something other than text (or turns) where the layout takes it, and why.
+
+    Returns the table with those values set to null (so that nothing is cast from
+    them) and the checks that name them, per field in the layout's order.
+    """
+    checks: list[tuple[str | None, pl.Expr]] = []
+    replace: dict[str, pl.Series | pl.Expr] = {}
+    for fld in layout.fields:
+        if fld not in cols:
+            continue
+        col = cols[fld]
+        dtype = raw.schema[col]
+        if fld in _TURNS_FIELDS:
+            fixed, reason = _checked_turns(raw, fld, col, coerced)
+            if fixed is not None:
+                replace[col] = fixed
+            if reason is not None:
+                checks.append((fld, reason))
+            continue
+        kind = _kind(dtype)
+        what = "the value" if col == fld else f"the value in column '{col}'"
+        if kind is not None:
+            checks.append((fld, pl.when(pl.col(col).is_not_null()).then(pl.lit(_not_text(kind, what)))))
+            replace[col] = pl.lit(None, dtype=pl.String)
+            continue
+        found = {i: k for i, where in coerced.items() for c, turn, _, k in where if c == col and turn is None}
+        if found:
+            checks.append((fld, _scattered(raw.height, {i: _not_text(k, what) for i, k in found.items()})))
+    # Evaluated on the values as read, before those that are not text are set to null.
+    checks = [(fld, pl.lit(raw.select(reason.alias("reason")).to_series())) for fld, reason in checks]
+    if replace:
+        raw = raw.with_columns([v.alias(c) for c, v in replace.items()])
+    return raw, checks
+
+
+def _scattered(height: int, reasons: dict[int, str]) -> pl.Expr:
+    """A reason per row, at the rows given; null elsewhere."""
+    values = pl.Series("reason", [None] * height, dtype=pl.String)
+    values = values.scatter(list(reasons), list(reasons.values()))
+    return pl.lit(values)
+
+
+_TURN_KEYS = (("role", "from"), ("content", "value"))
+
+
+def _checked_turns(
+    raw: pl.DataFrame, fld: str, col: str, coerced: Coerced
+) -> tuple[pl.Series | pl.Expr | None, pl.Expr | None]:
+    """A column of turns: the column to read instead (None: as it is) and the reason per bad row."""
+    dtype = raw.schema[col]
+    if dtype == pl.String:  # JSON text (a CSV cell, or JSON whose rows mix lists and text)
+        return _checked_turns_text(raw[col], fld)
+    inner = dtype.inner if isinstance(dtype, pl.List) else None
+    if not isinstance(inner, pl.Struct):
+        return None, None  # `_chat_list` says what the column holds instead
+    names = {f.name: f.dtype for f in inner.fields}
+    bad = {k: _kind(names[k]) for key in _TURN_KEYS for k in key if k in names and _kind(names[k]) is not None}
+    role_key = next((k for k in _TURN_KEYS[0] if k in names), None)
+    reasons: list[pl.Expr] = []
+    el = pl.element().struct
+    for key, kind in bad.items():
+        has = pl.col(col).list.eval(el.field(key).is_not_null())
+        at = has.list.arg_max()
+        role = pl.col(col).list.get(at).struct.field(role_key).cast(pl.String) if role_key and role_key not in bad else pl.lit("?")
+        reasons.append(pl.when(has.list.any()).then(
+            pl.format(f"{fld}[{{}}] ({{}}): {_not_text(kind, key)}", at, role.fill_null("?"))))
+    found = {i: (turn, key, kind) for i, where in coerced.items() for c, turn, key, kind in where
+             if c == col and turn is not None and key in names}
+    if found:
+        roles = raw[col].gather(list(found)).to_list()
+        by_row = {}
+        for (i, (turn, key, kind)), turns in zip(found.items(), roles):
+            role = turns[turn].get(role_key) if role_key and turns and turn < len(turns) else None
+            by_row[i] = f"{fld}[{turn}] ({role or '?'}): {_not_text(kind, key)}"
+        reasons.append(_scattered(raw.height, by_row))
+    fixed = None
+    if bad:
+        fixed = pl.col(col).list.eval(pl.struct(
+            [pl.lit(None, dtype=pl.String).alias(k) if k in bad else el.field(k) for k in names]))
+    return fixed, (pl.coalesce(reasons) if reasons else None)
+
+
+_TURN_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String, "from": pl.String, "value": pl.String}))
+
+
+def _checked_turns_text(values: pl.Series, fld: str) -> tuple[pl.Series, pl.Expr | None]:
+    """Turns held as JSON text: decoded, with each row that is not a JSON list of turns named.
+
+    Checked value by value in Python (such columns are small: CSV cells, or JSON rows
+    that mix text and lists), so that one bad cell names its own row.
+    """
+    reasons: dict[int, str] = {}
+    good: list[str | None] = []
+    for i, text in enumerate(values.to_list()):
+        reason = None if text is None else _turns_text_problem(text, fld)
+        if reason is not None:
+            reasons[i] = reason
+        good.append(None if reason is not None else text)
+    decoded = pl.Series(values.name, good, dtype=pl.String).str.json_decode(_TURN_DTYPE)
+    return decoded, (_scattered(len(values), reasons) if reasons else None)
+
+
+def _turns_text_problem(text: str, fld: str) -> str | None:
+    try:
+        turns = json.loads(text)
+    except (ValueError, RecursionError):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        return f"expected a list of turns, found the text {shown!r}"
+    if not isinstance(turns, list):
+        return f"expected a list of turns, found {json_kind(turns)}"
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            return f"{fld}[{i}] is {json_kind(turn)}, expected an object with role and content"
+        role = turn.get("role", turn.get("from"))
+        for keys in _TURN_KEYS:
+            key = next((k for k in keys if k in turn), None)
+            if key is not None and isinstance(turn[key], (list, dict)):
+                return f"{fld}[{i}] ({role if isinstance(role, str) else '?'}): {_not_text(json_kind(turn[key]), key)}"
+    return None
+
+
+def json_kind(value) -> str:
+    """A JSON value's kind, in words."""
+    if isinstance(value, list):
+        if value and all(isinstance(v, dict) and "type" in v for v in value):
+            return "a list of content parts"
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return "text"
+    if value is None:
+        return "null"
+    return "a number" if not isinstance(value, bool) else "true or false"
 
 
 def _turn(role: str, content: pl.Expr) -> pl.Expr:
@@ -286,12 +545,9 @@ def _with_system(turns: list[pl.Expr], cols: dict[str, str]) -> pl.Expr:
 
 
 def _chat_list(raw: pl.DataFrame, column: str, path) -> pl.Expr:
-    """A list of {role, content} structs from a column of turns (chat or ShareGPT keys)."""
+    """A list of {role, content} structs from a column of turns (chat or ShareGPT keys; text was decoded by `_checked_turns`)."""
     dtype = raw.schema[column]
     col = pl.col(column)
-    if dtype == pl.String:  # CSV cells holding JSON text
-        col = col.str.json_decode(pl.List(pl.Struct({"role": pl.String, "content": pl.String, "from": pl.String, "value": pl.String})))
-        dtype = pl.List(pl.Struct({"role": pl.String, "content": pl.String, "from": pl.String, "value": pl.String}))
     inner = dtype.inner if isinstance(dtype, pl.List) else None
     if not isinstance(inner, pl.Struct):
         raise InputError(path, f"column '{column}' must hold a list of turns, found {dtype}", field=column)

@@ -4,7 +4,10 @@ The same engine plays three parts: the teacher that writes synthetic data
 (`synth`), the judge that scores data (`curate score --judge`), and the evaluator
 that compares a base model with its LoRA adapter (`train eval`). It lives here,
 in the base package, so that `synth` and `train` share it without importing each
-other. Nothing leaves the machine.
+other. Nothing leaves the machine, unless `EndpointEngine` is pointed at a server.
+
+Both engines follow `curate.engines.Engine` (one `chat` signature, capability flags)
+and are opened by name through its registry: "vllm" and "endpoint".
 
 vLLM starts worker processes by spawn: build an `LLMEngine` only under
 `if __name__ == "__main__":` or from a CLI entry point.
@@ -17,6 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from curate.engines import UnsupportedError, check_request
 from curate.errors import SmallsetError
 from curate.models import ResolvedModel, resolve_llm
 
@@ -30,7 +34,7 @@ class SamplingConfig:
     max_tokens: int = 256
     seed: int = 0
 
-    def to_vllm(self, json_schema: dict | None = None, choices: list[str] | None = None):
+    def to_vllm(self, json_schema: dict | None = None, choices: list[str] | None = None, logprobs: bool = False):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -40,7 +44,7 @@ class SamplingConfig:
         elif choices is not None:
             structured = StructuredOutputsParams(choice=list(choices))
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-                              seed=self.seed, structured_outputs=structured)
+                              seed=self.seed, structured_outputs=structured, logprobs=0 if logprobs else None)
 
 
 @dataclass
@@ -72,14 +76,46 @@ class Generation:
     completion_tokens: int
     finish_reason: str | None
     prompt_token_ids: list[int] | None = None
-    """The prompt as the engine tokenized it (in-process engine only): lets a caller check the rendering."""
+    """The prompt as the engine tokenized it (engines with `token_ids`): lets a caller check the rendering."""
+    logprobs: list[float] | None = None
+    """Each generated token's log-probability (asked for with `logprobs=True`)."""
+
+
+def per_conversation(conversations: list, sampling: SamplingConfig | list[SamplingConfig] | None,
+                     json_schema: dict | list[dict | None] | None) -> tuple[list[SamplingConfig], list[dict | None]]:
+    """One sampling config and one schema per conversation, from one for all or one each."""
+    n = len(conversations)
+    samplings = sampling if isinstance(sampling, list) else [sampling or SamplingConfig()] * n
+    schemas = json_schema if isinstance(json_schema, list) else [json_schema] * n
+    if len(samplings) != n or len(schemas) != n:
+        raise ValueError("give one sampling config and one schema per conversation, or one for all")
+    return samplings, schemas
+
+
+def count_usage(usage: dict[str, int], generations: list[Generation]) -> list[Generation]:
+    usage["prompt_tokens"] += sum(g.prompt_tokens for g in generations)
+    usage["completion_tokens"] += sum(g.completion_tokens for g in generations)
+    usage["requests"] += len(generations)
+    return generations
 
 
 class LLMEngine:
-    """A vLLM engine built once and reused for every batch. Use as a context manager."""
+    """A vLLM engine built once and reused for every batch. Use as a context manager.
+
+    It can do everything `Engine` names; LoRA only when started with `enable_lora` (vLLM
+    sizes its adapter slots at start-up, and they cost memory and speed when unused).
+    """
+
+    name = "vllm"
+    Config = EngineConfig
+    structured_output = choices = lora = logprobs = token_ids = True
+    limits: dict[str, str] = {}
 
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
+        if not self.config.enable_lora:
+            self.lora = False
+            self.limits = {"lora": "it was started without enable_lora (EngineConfig(enable_lora=True))"}
         self.model: ResolvedModel = resolve_llm(self.config.model)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -106,22 +142,16 @@ class LLMEngine:
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
 
     def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig | list[SamplingConfig] | None = None,
-             json_schema: dict | list[dict] | None = None, lora: tuple[str, int, str] | None = None,
-             progress: bool = False, choices: list[str] | None = None) -> list[Generation]:
-        """Generate one reply per conversation, in order.
+             json_schema: dict | list[dict | None] | None = None, lora: tuple[str, int, str] | None = None,
+             progress: bool = False, choices: list[str] | None = None, logprobs: bool = False) -> list[Generation]:
+        """Generate one reply per conversation, in order (see `curate.engines.Engine.chat`).
 
-        `sampling` may be one config for all or one per conversation (per-sample seeds
-        make a resumed run reproduce what an uninterrupted one would have).
-        `json_schema` constrains every reply to valid JSON of that schema (or one schema per conversation).
-        `lora` is (name, integer id, adapter folder) to answer with an adapter.
-        `choices` constrains every reply to exactly one of these strings (vLLM's guided choice).
+        Per-conversation `sampling` (per-sample seeds) makes a resumed run reproduce what an
+        uninterrupted one would have. `choices` applies to the conversations without a schema.
         """
-        n = len(conversations)
-        samplings = sampling if isinstance(sampling, list) else [sampling or SamplingConfig()] * n
-        schemas = json_schema if isinstance(json_schema, list) else [json_schema] * n
-        if len(samplings) != n or len(schemas) != n:
-            raise ValueError("give one sampling config and one schema per conversation, or one for all")
-        params = [s.to_vllm(schema, None if schema is not None else choices) for s, schema in zip(samplings, schemas)]
+        check_request(self, json_schema=json_schema, choices=choices, lora=lora, logprobs=logprobs)
+        samplings, schemas = per_conversation(conversations, sampling, json_schema)
+        params = [s.to_vllm(schema, None if schema is not None else choices, logprobs) for s, schema in zip(samplings, schemas)]
         request = None
         if lora is not None:
             from vllm.lora.request import LoRARequest
@@ -131,12 +161,11 @@ class LLMEngine:
         result = []
         for out in outputs:
             completion = out.outputs[0]
+            scores = ([step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
+                      if logprobs and completion.logprobs is not None else None)
             result.append(Generation(completion.text, len(out.prompt_token_ids or []), len(completion.token_ids),
-                                     completion.finish_reason, list(out.prompt_token_ids or [])))
-        self.usage["prompt_tokens"] += sum(g.prompt_tokens for g in result)
-        self.usage["completion_tokens"] += sum(g.completion_tokens for g in result)
-        self.usage["requests"] += len(result)
-        return result
+                                     completion.finish_reason, list(out.prompt_token_ids or []), scores))
+        return count_usage(self.usage, result)
 
     def close(self) -> None:
         """Stop the engine's worker processes now rather than at interpreter exit."""
@@ -186,7 +215,7 @@ class EndpointConfig:
     url: str
     """Base URL, e.g. http://127.0.0.1:8000/v1."""
     model: str | None = None
-    """Model name the server knows; None asks the server (/models) and takes the first."""
+    """Model name the server knows; None asks the server (/models) and takes the first base model (not an adapter)."""
     api_key: str | None = None
     timeout_s: float = 120.0
     retries: int = 4
@@ -195,7 +224,22 @@ class EndpointConfig:
 
 
 class EndpointEngine:
-    """The same `chat` as `LLMEngine`, over HTTP, with timeouts, retries and bounded concurrency."""
+    """The same `chat` as `LLMEngine`, over HTTP, with timeouts, retries and bounded concurrency.
+
+    What it can do depends on the server, so it asks once (GET /models) and sets its flags:
+    JSON schemas (`response_format`) and log-probabilities are OpenAI's own, so always on;
+    guided choice (`structured_outputs.choice`) and the prompt's token ids (`return_token_ids`)
+    are vLLM's extensions, used only when the server is vLLM (its model cards say
+    `owned_by: vllm`), so another OpenAI-compatible server never gets a field it would reject;
+    a LoRA adapter is applied by asking for it as the model, which works for the adapters the
+    server serves (`--enable-lora --lora-modules NAME=FOLDER`: cards with a `parent`), found by
+    name or by folder. It cannot load an adapter the server does not have.
+    """
+
+    name = "endpoint"
+    Config = EndpointConfig
+    structured_output = choices = lora = logprobs = token_ids = True
+    limits: dict[str, str] = {}
 
     def __init__(self, config: EndpointConfig) -> None:
         import httpx
@@ -204,8 +248,24 @@ class EndpointEngine:
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._client = httpx.Client(base_url=config.url.rstrip("/"), timeout=config.timeout_s, headers=headers)
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
-        self.model_name = config.model or self._first_model()
+        cards = [c for c in self._request("GET", "/models").get("data") or [] if isinstance(c, dict) and "id" in c]
+        bases = [c["id"] for c in cards if not c.get("parent")]
+        if not config.model and not bases:
+            raise SmallsetError(f"the endpoint {config.url} serves no model")
+        self.model_name = config.model or bases[0]
         self.model = ResolvedModel("llm", _PathLike(config.url), f"endpoint:{self.model_name}")
+        self.adapters = {c["id"]: str(c.get("root") or "") for c in cards if c.get("parent")}
+        """Served LoRA adapters: name -> folder on the server."""
+        self.vllm = any(c.get("owned_by") == "vllm" for c in cards)
+        self.limits = {}
+        if not self.vllm:
+            self.choices = self.token_ids = False
+            self.limits.update(dict.fromkeys(("choices", "token_ids"), f"{config.url} is not a vLLM server "
+                                             "(guided choice and token ids are vLLM's extensions of the OpenAI API)"))
+        if not self.adapters:
+            self.lora = False
+            self.limits["lora"] = (f"{config.url} serves no LoRA adapter (serve one with vLLM's "
+                                   "--enable-lora --lora-modules NAME=FOLDER)")
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict:
         import time
@@ -231,40 +291,61 @@ class EndpointEngine:
             f"the endpoint {self.config.url} failed after {self.config.retries + 1} attempts: {type(last).__name__}: {last}"
         )
 
-    def _first_model(self) -> str:
-        models = self._request("GET", "/models").get("data") or []
-        if not models:
-            raise SmallsetError(f"the endpoint {self.config.url} serves no model")
-        return models[0]["id"]
+    def served_adapter(self, lora: tuple[str, int, str]) -> str:
+        """The served name of the adapter `lora` = (name, id, folder): the same name, else the same folder."""
+        name, _, folder = lora
+        if name in self.adapters:
+            return name
+        same = [served for served, root in self.adapters.items() if root and os.path.normpath(root) == os.path.normpath(str(folder))]
+        if same:
+            return same[0]
+        raise UnsupportedError(f"the endpoint engine cannot apply the LoRA adapter {name!r} ({folder}): {self.config.url} "
+                               f"serves only {', '.join(sorted(self.adapters))} (serve it with --lora-modules {name}=FOLDER)")
 
-    def _one(self, messages: list[dict[str, str]], sampling: SamplingConfig, schema: dict | None) -> Generation:
-        body: dict[str, Any] = {"model": self.model_name, "messages": messages, "temperature": sampling.temperature,
+    def _one(self, messages: list[dict[str, str]], sampling: SamplingConfig, schema: dict | None, model: str,
+             choices: list[str] | None, logprobs: bool) -> Generation:
+        body: dict[str, Any] = {"model": model, "messages": messages, "temperature": sampling.temperature,
                                 "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": sampling.seed}
         if schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "sample", "schema": schema}}
+        elif choices is not None:
+            body["structured_outputs"] = {"choice": list(choices)}
+        if logprobs:
+            body["logprobs"] = True
+        if self.token_ids:
+            body["return_token_ids"] = True
         data = self._request("POST", "/chat/completions", json=body)
         try:
             choice = data["choices"][0]
             usage = data.get("usage") or {}
-            return Generation(choice["message"]["content"] or "", int(usage.get("prompt_tokens", 0)),
-                              int(usage.get("completion_tokens", 0)), choice.get("finish_reason"))
+            scores = [float(t["logprob"]) for t in choice["logprobs"]["content"]] if logprobs else None
+            prompt_ids = data.get("prompt_token_ids")
+            generation = Generation(choice["message"]["content"] or "", int(usage.get("prompt_tokens", 0)),
+                                    int(usage.get("completion_tokens", 0)), choice.get("finish_reason"),
+                                    list(prompt_ids) if prompt_ids is not None else None, scores)
         except (KeyError, IndexError, TypeError) as exc:
             raise SmallsetError(f"the endpoint {self.config.url} answered something that is not a chat completion: {exc}") from None
+        if schema is None and choices is not None and generation.text not in choices:
+            raise SmallsetError(f"the endpoint {self.config.url} answered {generation.text[:80]!r}, none of the choices: "
+                                "it did not apply structured_outputs.choice")
+        return generation
 
     def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig | list[SamplingConfig] | None = None,
-             json_schema: dict | list[dict] | None = None, lora: tuple[str, int, str] | None = None,
-             progress: bool = False) -> list[Generation]:
+             json_schema: dict | list[dict | None] | None = None, lora: tuple[str, int, str] | None = None,
+             progress: bool = False, choices: list[str] | None = None, logprobs: bool = False) -> list[Generation]:
+        """One reply per conversation, in order (see `curate.engines.Engine.chat`), `concurrency` requests at a time."""
         from concurrent.futures import ThreadPoolExecutor
 
+        from tqdm import tqdm
+
+        check_request(self, json_schema=json_schema, choices=choices, lora=lora, logprobs=logprobs)
+        samplings, schemas = per_conversation(conversations, sampling, json_schema)
+        model = self.served_adapter(lora) if lora is not None else self.model_name
         n = len(conversations)
-        samplings = sampling if isinstance(sampling, list) else [sampling or SamplingConfig()] * n
-        schemas = json_schema if isinstance(json_schema, list) else [json_schema] * n
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-            result = list(pool.map(self._one, conversations, samplings, schemas))
-        self.usage["prompt_tokens"] += sum(g.prompt_tokens for g in result)
-        self.usage["completion_tokens"] += sum(g.completion_tokens for g in result)
-        self.usage["requests"] += len(result)
-        return result
+            replies = pool.map(self._one, conversations, samplings, schemas, [model] * n, [choices] * n, [logprobs] * n)
+            result = list(tqdm(replies, total=n, desc="endpoint", unit="reply", disable=not progress))
+        return count_usage(self.usage, result)
 
     def close(self) -> None:
         self._client.close()

@@ -11,6 +11,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -30,14 +31,28 @@ def manifest_path(output: str | Path) -> Path:
     return sidecar(output, "manifest.json")
 
 
-def content_hash(path: str | Path) -> str:
-    """blake2b of a file, or of every file in a folder (names and bytes, sorted)."""
+def content_hash(
+    path: str | Path, *, skip: Callable[[Path], bool] | None = None, stat_above: int | None = None
+) -> str:
+    """blake2b of a file, or of every file in a folder (names and bytes, sorted): the one file hasher.
+
+    `skip(relative path)` leaves files of a folder out (a model's `.git`). Files larger than
+    `stat_above` bytes enter by size and modification time instead of their bytes: a fingerprint
+    that notices a replaced file without reading gigabytes of weights each time (the embedder's
+    cache key); leave it None wherever the hash must prove the content (manifests, stage keys).
+    """
     path = Path(path)
     digest = hashlib.blake2b(digest_size=16)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not (skip and skip(p.relative_to(path))))
+    else:
+        files = [path]
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode() + b"\0")
+        if stat_above is not None and (st := file.stat()).st_size > stat_above:
+            digest.update(f"size {st.st_size} mtime {st.st_mtime_ns}\0".encode())
+            continue
         with open(file, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)

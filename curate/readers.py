@@ -16,16 +16,19 @@ With `on_error="fail"` (the default) the first bad row raises `InputError`. With
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import io
 import json
 import os
+import re
+import tempfile
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import accumulate, islice
 from pathlib import Path
 from typing import Literal
@@ -35,7 +38,7 @@ import polars as pl
 
 from curate import records as _records
 from curate.errors import InputError
-from curate.layouts import Mapping, map_rows, to_records
+from curate.layouts import Coerced, Mapping, json_kind, map_rows, to_records
 
 OnError = Literal["fail", "skip"]
 
@@ -78,6 +81,7 @@ class _Raw:
     locate: Callable[[int], int]
     unit: str  # "line" or "row"
     rejects: list[Reject]
+    coerced: Coerced | None = None  # values polars read as text that were not (see `layouts.Coerced`)
 
 
 def detect_format(path: Path) -> str:
@@ -98,30 +102,47 @@ def read_records(
     source: str | None = None,
     on_error: OnError = "fail",
     split: str | None = None,
+    delimiter: str | None = None,
+    encoding: str | None = None,
 ) -> ReadResult:
-    """Read one file (or datasets folder) into a record set."""
+    """Read one file (or datasets folder) into a record set.
+
+    `delimiter` is a CSV/TSV file's (default: ',' and a tab); `encoding` a text file's
+    (default: UTF-8, whose byte-order mark only CSV may start with; `utf-8-sig` takes one anywhere).
+    """
     path = Path(path)
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
     if not path.exists():
         raise InputError(path, "no such file or folder")
     fmt = detect_format(path)
+    if fmt != "hf" and path.is_dir():
+        raise InputError(path, "is a folder, not a file")
     if fmt != "hf" and path.stat().st_size == 0:
         raise InputError(path, "the file is empty")
+    if delimiter is not None:
+        delimiter = _delimiter(path, delimiter)
     mapping = mapping or Mapping()
     source = source or _source_name(path)
+    if encoding is not None and fmt in ("jsonl", "json", "csv", "tsv") and _codec(path, encoding) != "utf-8":
+        return _read_transcoded(path, encoding, mapping, source, on_error, delimiter)
     if fmt == "jsonl":
         try:
             return _read_jsonl_blocks(path, mapping, source, on_error)
         except _Fallback:
             pass  # a file only polars' whole-file reader reads as before: read it that way
     reader = _READERS[fmt]
-    raw = reader(path, on_error, split) if fmt == "hf" else reader(path, on_error)
+    if fmt == "hf":
+        raw = reader(path, on_error, split)
+    elif fmt in ("csv", "tsv") and delimiter is not None:
+        raw = _read_csv(path, on_error, delimiter)
+    else:
+        raw = reader(path, on_error)
     if raw.table.height == 0:
         if raw.rejects:  # every row was rejected before it could be read
             raise _no_valid_records(path, raw.rejects)
         raise InputError(path, "the file holds no records")
-    recs, problems = to_records(raw.table, mapping, source=source, path=path)
+    recs, problems = to_records(raw.table, mapping, source=source, path=path, coerced=raw.coerced)
     return _result(path, on_error, recs, problems, raw.locate, raw.unit, raw.rejects, raw.table.height)
 
 
@@ -154,6 +175,47 @@ def _result(
     return ReadResult(recs, rejects, rows_in)
 
 
+def _delimiter(path: Path, text: str) -> str:
+    """One character; 'tab' (or a written \\t) is a tab."""
+    value = "\t" if text.lower() in ("tab", "\\t") else text
+    if len(value) != 1 or value in "\"\r\n":
+        raise InputError(path, f"the delimiter must be one character other than a quote or a line end (or 'tab'), "
+                         f"not {text!r}", field="delimiter")
+    return value
+
+
+def _codec(path: Path, encoding: str) -> str:
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise InputError(path, f"unknown encoding {encoding!r} (try utf-8, utf-8-sig, utf-16, latin-1, cp1252)",
+                         field="encoding") from None
+
+
+def _read_transcoded(
+    path: Path, encoding: str, mapping: Mapping, source: str, on_error: OnError, delimiter: str | None
+) -> ReadResult:
+    """A text file in another encoding: decoded, written as UTF-8 to a temporary file (outside any
+    output folder), read from there; errors and rejects name the file given, with its line numbers."""
+    data = path.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].decode(encoding, errors="replace").count("\n") + 1
+        raise InputError(path, f"not valid {encoding} at byte {exc.start}", line=line) from None
+    del data
+    with tempfile.TemporaryDirectory(prefix="smallset-decoded-") as folder:
+        tmp = Path(folder) / path.name
+        tmp.write_bytes(text.encode("utf-8"))
+        del text
+        try:
+            result = read_records(tmp, mapping, source=source, on_error=on_error, delimiter=delimiter)
+        except InputError as err:
+            raise replace(err, path=path) from None
+    result.rejects = [replace(r, file=str(path)) for r in result.rejects]
+    return result
+
+
 def _no_valid_records(path: Path, rejects: list[Reject]) -> InputError:
     return InputError(path, f"no valid records ({len(rejects)} rejected; first: {rejects[0].reason if rejects else '-'})")
 
@@ -170,23 +232,158 @@ def _source_name(path: Path) -> str:
 
 
 def _read_jsonl(path: Path, on_error: OnError) -> _Raw:
+    """The fast path: polars reads the whole file, and pyarrow confirms it (see `_confirmed`);
+    anything else is checked line by line."""
+    data = path.read_bytes()
     try:
-        table = pl.read_ndjson(path, infer_schema_length=None)
+        table = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
     except Exception:  # malformed somewhere: find where, line by line
-        return _scan_jsonl(path, on_error)
+        return _scan_jsonl(path, data, on_error)
+    if not _confirmed(data, table.schema):
+        return _scan_jsonl(path, data, on_error, table)
     return _Raw(table, _lazy_line_index(path), "line", [])
 
 
-def _scan_jsonl(path: Path, on_error: OnError) -> _Raw:
-    with open(path, "rb") as fh:
-        good, lines, rejects = _scan_jsonl_lines(path, fh, 1, on_error)
+def _scan_jsonl(path: Path, data: bytes, on_error: OnError, table: pl.DataFrame | None = None) -> _Raw:
+    """The file line by line (`_jsonl_line_problem`); `table`: what polars read of it, if it did."""
+    good, lines, rejects = _scan_jsonl_lines(path, io.BytesIO(data), 1, on_error)
+    del data
     if not good:
         return _Raw(pl.DataFrame(), lambda i: lines[i], "line", rejects)
+    if table is None or rejects:
+        table, good, lines, more = _parse_lines(path, good, lines, on_error)
+        rejects = sorted(rejects + more, key=lambda r: r.line or 0)
+        if table is None:
+            return _Raw(pl.DataFrame(), lambda i: lines[i], "line", rejects)
+    return _Raw(table, lambda i: lines[i], "line", rejects, _coerced(good, table.schema))
+
+
+def _parse_lines(
+    path: Path, good: list[bytes], lines: list[int], on_error: OnError, unit: str = "line"
+) -> tuple[pl.DataFrame | None, list[bytes], list[int], list[Reject]]:
+    """Good JSON lines as one table; a line that polars cannot read is named (or, skipping, left out).
+
+    Every line is JSON here, but polars may still refuse one (a list of turns whose
+    contents are text in one turn and a list in another) or a line that clashes
+    with those before it: the first prefix of lines that fails ends with it.
+    """
+    rejects: list[Reject] = []
+    while good:
+        try:
+            return _ndjson(good), good, lines, rejects
+        except Exception as exc:
+            k = _first_unreadable(good)
+            if k is None:  # no prefix fails, yet the whole does: not one line's doing
+                raise InputError(path, f"rows disagree on a column's type: {_first_line(exc)}") from None
+            field, reason = _unreadable(good, k, exc)
+        if on_error == "fail":
+            raise InputError(path, reason, line=lines[k], field=field, unit=unit)
+        rejects.append(Reject(str(path), lines[k], field, reason))
+        good, lines = good[:k] + good[k + 1:], lines[:k] + lines[k + 1:]
+    return None, good, lines, rejects
+
+
+def _ndjson(good: list[bytes]) -> pl.DataFrame:
+    return pl.read_ndjson(io.BytesIO(b"\n".join(good)), infer_schema_length=None)
+
+
+def _fails(good: list[bytes]) -> bool:
     try:
-        table = pl.read_ndjson(io.BytesIO(b"\n".join(good)), infer_schema_length=None)
-    except Exception as exc:  # every line is an object, but the columns' types disagree
-        raise InputError(path, f"rows disagree on a column's type: {exc}") from None
-    return _Raw(table, lambda i: lines[i], "line", rejects)
+        _ndjson(good)
+    except Exception:
+        return True
+    return False
+
+
+def _first_unreadable(good: list[bytes]) -> int | None:
+    """The index of the line that ends the shortest prefix polars cannot read (bisection)."""
+    lo, hi = 1, len(good)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _fails(good[:mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo - 1 if _fails(good[:lo]) else None
+
+
+def _unreadable(good: list[bytes], k: int, exc: Exception) -> tuple[str | None, str]:
+    """Why line `k` cannot be read, in words: a kind clash inside it, or with the lines before."""
+    value = json.loads(good[k])
+    clash = _kind_clash(value)
+    if clash is not None:
+        return clash
+    if k and not _fails(good[k:k + 1]):
+        return None, f"its values' types clash with the lines before it: {_first_line(exc)}"
+    return None, f"cannot be read as a row: {_first_line(exc)}"
+
+
+def _kind_clash(value, path: str = "") -> tuple[str, str] | None:
+    """In a list of objects, one key that holds text in one object and a list or an object in another."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _kind_clash(item, f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+        return None
+    if not isinstance(value, list):
+        return None
+    objects = [(i, v) for i, v in enumerate(value) if isinstance(v, dict)]
+    for key in dict.fromkeys(k for _, v in objects for k in v):
+        texts = [i for i, v in objects if isinstance(v.get(key), (str, int, float, bool))]
+        boxes = [i for i, v in objects if isinstance(v.get(key), (list, dict))]
+        if texts and boxes:
+            field = path.split(".")[0].split("[")[0]
+            kind = json_kind(value[boxes[0]][key])
+            reason = f"{path}[{boxes[0]}].{key} is {kind}, expected text (as in {path}[{texts[0]}])"
+            if kind == "a list of content parts":
+                reason += "; join the parts' text into one string"
+            return field, reason
+    for i, item in enumerate(value):
+        found = _kind_clash(item, f"{path}[{i}]")
+        if found is not None:
+            return found
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _confirmed(data: bytes, schema: pl.Schema) -> bool:
+    """Whether pyarrow reads `data` under `schema` without complaint.
+
+    pyarrow refuses what polars reads silently: a key twice in one object (polars
+    keeps the first value) and a list or an object where the schema has text
+    (polars writes it as JSON text, where rows mix the two). A file it confirms
+    needs no line-by-line check; one it does not is checked line by line.
+    """
+    return _arrow_table(data, _arrow_schema(schema)) is not None
+
+
+def _coerced(good: list[bytes], schema: pl.Schema) -> Coerced:
+    """Per row, the values that were lists or objects where polars holds text (see `layouts.Coerced`)."""
+    top = [k for k, t in schema.items() if t == pl.String]
+    nested = {
+        k: keys for k, t in schema.items()
+        if isinstance(t, pl.List) and isinstance(t.inner, pl.Struct)
+        and (keys := [f.name for f in t.inner.fields if f.dtype == pl.String])
+    }
+    found: Coerced = {}
+    if not top and not nested:
+        return found
+    for i, raw in enumerate(good):
+        row = json.loads(raw)
+        where = [(k, None, None, json_kind(row[k])) for k in top if isinstance(row.get(k), (list, dict))]
+        for k, keys in nested.items():
+            turns = row.get(k)
+            if not isinstance(turns, list):
+                continue
+            where += [(k, j, key, json_kind(turn[key])) for j, turn in enumerate(turns) if isinstance(turn, dict)
+                      for key in keys if isinstance(turn.get(key), (list, dict))]
+        if where:
+            found[i] = where
+    return found
 
 
 def _scan_jsonl_lines(
@@ -199,28 +396,92 @@ def _scan_jsonl_lines(
     for lineno, raw in enumerate(lines_in, first_line):
         if not raw.strip():
             continue
-        reason = _jsonl_line_problem(raw)
-        if reason is None:
+        problem = _jsonl_line_problem(raw, lineno)
+        if problem is None:
             good.append(raw.rstrip(b"\r\n"))
             lines.append(lineno)
             continue
+        field, reason = problem
         if on_error == "fail":
-            raise InputError(path, reason, line=lineno)
-        rejects.append(Reject(str(path), lineno, None, reason))
+            raise InputError(path, reason, line=lineno, field=field)
+        rejects.append(Reject(str(path), lineno, field, reason))
     return good, lines, rejects
 
 
-def _jsonl_line_problem(raw: bytes) -> str | None:
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+class _NotJson(Exception):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """An object, refusing a key given twice (the JSON module would keep the last value, polars the first)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _not_json(name: str):
+    raise _NotJson(name)
+
+
+# The slow path's JSON: strict where `json.loads` is lenient (NaN, Infinity, repeated keys).
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_not_json)
+_KEY_BEFORE = r'"((?:[^"\\]|\\.)*)"\s*:\s*'
+_BOMS = {codecs.BOM_UTF8: "utf-8-sig", codecs.BOM_UTF16_LE: "utf-16", codecs.BOM_UTF16_BE: "utf-16"}
+
+
+# Python's JSON module recurses once per level; it stops near its recursion limit (1,000).
+_MAX_DEPTH = 900
+_TOO_DEEP = f"nested too deeply to read (lists or objects inside each other, over about {_MAX_DEPTH} levels)"
+
+
+def _twice_reason(key: str) -> str:
+    return f"the key '{key}' appears twice in one object; keep one"
+
+
+def _constant_reason(name: str) -> str:
+    return f"{name} is not JSON: write null (no value) or a number"
+
+
+def _jsonl_line_problem(raw: bytes, lineno: int = 0) -> tuple[str | None, str] | None:
+    """Why one line is not a JSON object (field, reason), or None."""
+    if lineno == 1:
+        for bom, encoding in _BOMS.items():
+            if raw.startswith(bom):
+                return None, f"the file starts with a {encoding.split('-sig')[0].upper()} byte-order mark; pass --encoding {encoding}"
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        return None, f"a NUL byte at byte {nul} of the line: not UTF-8 text (UTF-16? pass --encoding utf-16)"
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return f"invalid UTF-8 at byte {exc.start} of the line"
+        return None, f"invalid UTF-8 at byte {exc.start} of the line (another encoding? pass --encoding)"
     try:
-        value = json.loads(text)
+        value = _STRICT_JSON.decode(text)
     except json.JSONDecodeError as exc:
-        return f"invalid JSON: {exc.msg} (column {exc.colno})"
+        reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
+        if "\r" in text.rstrip("\r\n"):
+            reason += "; a lone carriage return (\\r) ends a line here: JSON Lines end lines with \\n"
+        return None, reason
+    except _DuplicateKey as exc:
+        return exc.key, _twice_reason(exc.key)
+    except _NotJson as exc:
+        key = re.search(_KEY_BEFORE + re.escape(exc.name), text)
+        return (key.group(1) if key else None), _constant_reason(exc.name)
+    except RecursionError:
+        return None, _TOO_DEEP
     if not isinstance(value, dict):
-        return f"expected a JSON object, found {type(value).__name__}"
+        return None, f"expected a JSON object, found {type(value).__name__}"
     return None
 
 
@@ -276,6 +537,7 @@ class _Block:
     schema: pl.Schema | None = None  # of the raw table
     meta_json: bool | None = None
     lines: list[int] | None = None  # the line of each row, once known
+    layout: str | None = None  # the layout its rows were read as
     rejects: tuple[Reject, ...] = ()
     unparsed: bytes | None = None  # a block that did not parse, for the reader to check line by line
 
@@ -391,6 +653,8 @@ def _read_jsonl_blocks(path: Path, mapping: Mapping, source: str, on_error: OnEr
     blocks = [b for b in blocks if b.records is not None]
     if not blocks:
         raise _Fallback  # nothing but blank or rejected lines: the whole-file reader says which
+    if len({b.layout for b in blocks}) > 1:
+        raise _Fallback  # blocks that start with rows of different layouts: the file's first row decides
     rows = [b.records.height for b in blocks]
     recs = pl.concat([b.records for b in blocks])
     problems = pl.concat([b.problems for b in blocks])
@@ -442,11 +706,14 @@ def _block_data(path: Path, block: _Block) -> bytes:
 def _map_block(job: _Job, block: _Block, data: bytes, schema: _Schema, meta_json: bool | None) -> _Block:
     """Parse one block and map it onto the record model, ids included.
 
-    A block that does not parse comes back `unparsed`, for `_scan_block`.
+    A block that does not parse, or that pyarrow does not confirm (see `_confirmed`),
+    comes back `unparsed`, for `_scan_block`.
     """
     try:
-        raw, block.newlines = _parse_block(data, schema)
+        raw, block.newlines, confirmed = _parse_block(data, schema)
     except Exception:  # a bad line somewhere: the reader finds it, once it knows the block's first line
+        confirmed = False
+    if not confirmed:
         block.newlines, block.unparsed = data.count(b"\n"), data
         return block
     return _map_raw(job, block, raw, meta_json)
@@ -461,26 +728,24 @@ def _scan_block(job: _Job, block: _Block, schema: _Schema, meta_json: bool | Non
     if not good:  # only blank or bad lines
         block.records = None
         return block
-    if not rejects:
-        raise _Fallback  # every line is an object, yet the block does not parse
     try:
-        raw, _ = _parse_block(b"\n".join(good), schema)
+        raw, _, _ = _parse_block(b"\n".join(good), schema)
     except Exception:
-        raise _Fallback from None
-    return _map_raw(job, block, raw, meta_json)
+        raise _Fallback from None  # every line is JSON, yet the block does not parse: the whole-file reader says why
+    return _map_raw(job, block, raw, meta_json, _coerced(good, raw.schema))
 
 
-def _map_raw(job: _Job, block: _Block, raw: pl.DataFrame, meta_json: bool | None) -> _Block:
+def _map_raw(job: _Job, block: _Block, raw: pl.DataFrame, meta_json: bool | None, coerced: Coerced | None = None) -> _Block:
     block.schema = raw.schema
     if raw.height == 0:
         block.records = None
         return block
     try:
-        mapped = map_rows(raw, job.mapping, source=job.source, path=job.path, meta_json=meta_json)
+        mapped = map_rows(raw, job.mapping, source=job.source, path=job.path, meta_json=meta_json, coerced=coerced)
     except InputError:
         raise _Fallback from None  # a column-level problem: the whole file's columns name it
     block.records = mapped.records.with_columns(_records.ids(mapped.records)) if mapped.needs_ids else mapped.records
-    block.problems, block.meta_json = mapped.problems, mapped.meta_json
+    block.problems, block.meta_json, block.layout = mapped.problems, mapped.meta_json, mapped.layout
     return block
 
 
@@ -527,17 +792,17 @@ def _json_reads_string_views() -> bool:
         return False
 
 
-def _parse_block(data: bytes, schema: _Schema) -> tuple[pl.DataFrame, int]:
-    """The block as a raw table, and the number of newlines in it."""
+def _parse_block(data: bytes, schema: _Schema) -> tuple[pl.DataFrame, int, bool]:
+    """The block as a raw table, the number of newlines in it, and whether pyarrow confirms it (`_confirmed`)."""
     if schema.arrow is not None:
         parsed = _parse_block_arrow(data, schema)
         if parsed is not None:
-            return parsed
+            return (*parsed, True)
     if schema.exact:
         df = pl.read_ndjson(io.BytesIO(data), schema=schema.polars)
     else:
         df = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
-    return df, data.count(b"\n")
+    return df, data.count(b"\n"), _confirmed(data, df.schema)
 
 
 def _parse_block_arrow(data: bytes, schema: _Schema) -> tuple[pl.DataFrame, int] | None:
@@ -548,23 +813,37 @@ def _parse_block_arrow(data: bytes, schema: _Schema) -> tuple[pl.DataFrame, int]
     refused: every line must start with `{`, end with `}` and give one row.
     """
     import pyarrow as pa
-    import pyarrow.json as pj
 
+    table = _arrow_table(data, schema.arrow)
+    if table is None:
+        return None  # not exactly this schema, or not valid JSON Lines
     try:
-        table = pj.read_json(
-            pa.BufferReader(data),
-            read_options=pj.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20)),
-            parse_options=pj.ParseOptions(explicit_schema=schema.arrow, unexpected_field_behavior="error"),
-        )
         offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
         pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)]).validate(full=True)  # UTF-8
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None  # not exactly this schema, or not valid JSON Lines
+    except pa.ArrowInvalid:
+        return None
     newlines = _one_object_per_line(data, table.num_rows)
     if newlines is None:
         return None
     df = pl.from_arrow(table)
     return (df, newlines) if df.schema == schema.polars else None
+
+
+def _arrow_table(data: bytes, arrow_schema):
+    """pyarrow's read of `data` under `arrow_schema` (a key outside it is an error), or None where it fails."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    if arrow_schema is None:
+        return None
+    try:
+        return pj.read_json(
+            pa.BufferReader(data),
+            read_options=pj.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20)),
+            parse_options=pj.ParseOptions(explicit_schema=arrow_schema, unexpected_field_behavior="error"),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 def _one_object_per_line(data: bytes, rows: int) -> int | None:
@@ -616,17 +895,26 @@ def _whole_file_schema(path: Path, blocks: list[_Block]) -> pl.Schema:
 
 
 def _read_json(path: Path, on_error: OnError) -> _Raw:
+    """A JSON array of records (or an object holding one list of them), read by Python's JSON
+    module, strictly (see `_MARKING_JSON`); the records then go through polars as JSON Lines do."""
     data = path.read_bytes()
+    _check_text_bytes(path, data)
+    if data.startswith(codecs.BOM_UTF8):
+        raise InputError(path, "the file starts with a UTF-8 byte-order mark; pass --encoding utf-8-sig", line=1)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(path, f"invalid UTF-8 at byte {exc.start}", line=data.count(b"\n", 0, exc.start) + 1) from None
+        raise InputError(path, f"invalid UTF-8 at byte {exc.start}{_ENCODING_HINT}",
+                         line=data.count(b"\n", 0, exc.start) + 1) from None
     try:
-        value = json.loads(text)
+        value = _MARKING_JSON.decode(text)
     except json.JSONDecodeError as exc:
         if "\n" in text.strip() and text.lstrip().startswith("{"):
             return _read_jsonl(path, on_error)  # JSON Lines saved with a .json name
         raise InputError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    except RecursionError:
+        raise InputError(path, _TOO_DEEP, line=_deep_line(text)) from None
+    del text
     rows = value
     if isinstance(value, dict):
         lists = [k for k, v in value.items() if isinstance(v, list)]
@@ -635,37 +923,295 @@ def _read_json(path: Path, on_error: OnError) -> _Raw:
         rows = value[lists[0]]
     if not isinstance(rows, list):
         raise InputError(path, f"expected a JSON array of records, found {type(rows).__name__}")
-    keep, index, rejects = [], [], []
-    for i, row in enumerate(rows):
-        if isinstance(row, dict):
-            keep.append(row)
-            index.append(i + 1)
+    good, index, rejects = [], [], []
+    for i, row in enumerate(rows, 1):
+        problem = _marked(row) if isinstance(row, dict) else (None, f"expected a JSON object, found {type(row).__name__}")
+        if problem is None:
+            good.append(json.dumps(row).encode())
+            index.append(i)
         elif on_error == "fail":
-            raise InputError(path, f"expected a JSON object, found {type(row).__name__}", line=i + 1, unit="record")
+            raise InputError(path, problem[1], line=i, field=problem[0], unit="record")
         else:
-            rejects.append(Reject(str(path), i + 1, None, f"expected a JSON object, found {type(row).__name__}"))
-    table = pl.from_dicts(keep, infer_schema_length=None) if keep else pl.DataFrame()
-    return _Raw(table, lambda i: index[i], "record", rejects)
+            rejects.append(Reject(str(path), i, problem[0], problem[1]))
+    del rows, value
+    if not good:
+        return _Raw(pl.DataFrame(), lambda i: index[i], "record", rejects)
+    table, good, index, more = _parse_lines(path, good, index, on_error, unit="record")
+    rejects = sorted(rejects + more, key=lambda r: r.line or 0)
+    if table is None:
+        return _Raw(pl.DataFrame(), lambda i: index[i], "record", rejects)
+    return _Raw(table, lambda i: index[i], "record", rejects, _coerced(good, table.schema))
+
+
+class _Object(dict):
+    """A JSON object that knows whether a key was given twice in it (`twice`: the first such key)."""
+
+    twice: str | None = None
+
+
+class _Constant:
+    """NaN, Infinity or -Infinity where they stood: not JSON, though Python's module reads them."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _marking_pairs(pairs: list[tuple[str, object]]) -> _Object:
+    obj = _Object(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+    return obj
+
+
+# A whole JSON document at once: what `_STRICT_JSON` refuses is marked instead, so that
+# `_marked` can say which record holds it.
+_MARKING_JSON = json.JSONDecoder(object_pairs_hook=_marking_pairs, parse_constant=_Constant)
+
+
+def _marked(value, key: str | None = None) -> tuple[str | None, str] | None:
+    """The first key given twice, or the first NaN/Infinity, in a value read by `_MARKING_JSON`: (field, reason)."""
+    if isinstance(value, _Constant):
+        return key, _constant_reason(value.name)
+    if isinstance(value, dict):
+        if getattr(value, "twice", None) is not None:
+            return value.twice, _twice_reason(value.twice)
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((key, v) for v in value)
+    else:
+        return None
+    for k, v in items:
+        found = _marked(v, k)
+        if found is not None:
+            return found
+    return None
+
+
+def _deep_line(text: str) -> int | None:
+    """The line on which lists and objects nest deeper than `_MAX_DEPTH` (strings skipped)."""
+    depth = 0
+    for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > _MAX_DEPTH:
+                return text.count("\n", 0, m.start()) + 1
+        elif c in "]}":
+            depth -= 1
+    return None
 
 
 # -- CSV / TSV -----------------------------------------------------------------------
 
 
 def _read_csv(path: Path, on_error: OnError, separator: str = ",") -> _Raw:
+    """The fast path: polars reads the whole file; where it cannot, `_scan_csv` says why, record by record."""
     data = path.read_bytes()
+    _check_text_bytes(path, data)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         if on_error == "fail" or line == 1:
-            raise InputError(path, f"invalid UTF-8 at byte {exc.start}", line=line) from None
-        return _read_csv_skipping_bad_utf8(path, data, separator)
+            raise InputError(path, f"invalid UTF-8 at byte {exc.start}{_ENCODING_HINT}", line=line) from None
+        return _scan_csv(path, data, separator, on_error)
     try:
         # Every column as text: labels such as "01" must not become numbers.
         table = pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False)
-    except Exception as exc:
-        raise InputError(path, f"malformed CSV: {exc}") from None
+    except Exception:
+        return _scan_csv(path, data, separator, on_error)
+    if table.width == 1:
+        _check_one_column(path, table.columns[0], separator)
     return _Raw(_without_blank_rows(table), _lazy_csv_line_index(path, separator), "line", [])
+
+
+def _check_text_bytes(path: Path, data: bytes) -> None:
+    """Text that is not UTF-8 in a way a decoder may not notice: a UTF-16 byte-order mark, NUL bytes."""
+    for bom in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        if data.startswith(bom):
+            raise InputError(path, "the file starts with a UTF-16 byte-order mark; pass --encoding utf-16", line=1)
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise InputError(path, f"a NUL byte at byte {nul}: not UTF-8 text (UTF-16? pass --encoding utf-16)", line=line)
+
+
+_ENCODING_HINT = "; is the file in another encoding? pass --encoding (latin-1, cp1252, utf-16, ...)"
+
+
+_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _shown(delimiter: str) -> str:
+    return "tab" if delimiter == "\t" else repr(delimiter)
+
+
+def _sniff_delimiter(header: str) -> str | None:
+    """The delimiter a header line seems to use: the most frequent of `_DELIMITERS`, if any."""
+    counts = {d: header.count(d) for d in _DELIMITERS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else None
+
+
+def _delimiter_hint(header: str, separator: str) -> str:
+    found = _sniff_delimiter(header)
+    if found is not None and found != separator:
+        return f"; the header looks {_shown(found)}-delimited: pass --delimiter {_shown(found)}"
+    return f"; quote the cells that hold a {_shown(separator)}, or pass --delimiter if the file uses another one"
+
+
+def _check_one_column(path: Path, name: str, separator: str) -> None:
+    """A header read as one column that holds another delimiter: the file uses that one."""
+    found = _sniff_delimiter(name)
+    if found is not None and found != separator:
+        raise InputError(
+            path, f"the header is one column, {name!r}, with delimiter {_shown(separator)}; "
+            f"the file looks {_shown(found)}-delimited: pass --delimiter {_shown(found)}", line=1)
+
+
+@dataclass
+class _CsvRecord:
+    start: int  # the line it starts on, in the text scanned
+    end: int
+    row: list[str] | None  # None: the csv module could not read it
+    reason: str | None = None
+    line: int | None = None  # where to blame, when not `start` (the line a quote opens on)
+
+
+def _scan_csv(path: Path, data: bytes, separator: str, on_error: OnError) -> _Raw:
+    """A CSV file that polars does not read: record by record with the csv module, to name each bad one.
+
+    A bad record is one whose line is not UTF-8, one with more fields than the header,
+    one with a quote that does not close (blamed on the line the quote opens on) or
+    with text after a closing quote, or one polars still cannot read. They raise, or
+    (skipping) are left out; polars then reads the rest.
+    """
+    lone_cr = re.search(rb"\r(?!\n)", data)
+    if lone_cr:
+        raise InputError(path, "a lone carriage return (\\r) ends this line: CSV lines end with \\n or \\r\\n "
+                         "(convert the file's line endings)", line=data.count(b"\n", 0, lone_cr.start()) + 1)
+    keep, numbers, rejects = [], [], []
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reason = f"invalid UTF-8 at byte {exc.start} of the line"
+            if on_error == "fail" or n == 1:
+                raise InputError(path, reason + _ENCODING_HINT, line=n) from None
+            rejects.append(Reject(str(path), n, None, reason))
+            continue
+        keep.append(raw)
+        numbers.append(n)
+    lines = io.StringIO(b"\n".join(keep).decode("utf-8"), newline="").readlines()
+    records = _csv_records(lines, separator)
+    header, body = records[0], records[1:]
+    if header.row is None:
+        raise InputError(path, f"the header: {header.reason}", line=numbers[(header.line or header.start) - 1])
+    width = len(header.row)
+    good: list[_CsvRecord] = []
+    for rec in body:
+        if rec.row is not None and len(rec.row) > width:
+            rec.reason = (f"{len(rec.row)} fields where the header has {width} (delimiter {_shown(separator)})"
+                          + _delimiter_hint(lines[0], separator))
+        if rec.reason is None:
+            if any(rec.row):
+                good.append(rec)
+            continue
+        line = numbers[(rec.line or rec.start) - 1]
+        if on_error == "fail":
+            raise InputError(path, rec.reason, line=line)
+        rejects.append(Reject(str(path), line, None, rec.reason))
+    while True:
+        text = "".join(lines[header.start - 1:header.end] + [x for r in good for x in lines[r.start - 1:r.end]])
+        try:
+            table = _without_blank_rows(pl.read_csv(io.BytesIO(text.encode()), separator=separator, infer_schema=False))
+        except Exception as exc:
+            k = _first_unreadable_record(lines, header, good, separator)
+            if k is None:
+                raise InputError(path, f"malformed CSV: {_first_line(exc)}") from None
+            rec = good.pop(k)
+            body_text = "".join(lines[rec.start - 1:rec.end])
+            reason = ("a '\"' inside a cell that does not start with one: quote the whole cell and double the quotes "
+                      "inside it" if '"' in body_text else f"polars cannot read this record: {_first_line(exc)}")
+            if on_error == "fail":
+                raise InputError(path, reason, line=numbers[rec.start - 1]) from None
+            rejects.append(Reject(str(path), numbers[rec.start - 1], None, reason))
+            continue
+        break
+    if table.height != len(good):
+        raise InputError(path, "malformed CSV: the csv module and polars read different records")
+    if table.width == 1:
+        _check_one_column(path, table.columns[0], separator)
+    starts = [numbers[r.start - 1] for r in good]
+    rejects.sort(key=lambda r: r.line or 0)
+    return _Raw(table, lambda i: starts[i], "line", rejects)
+
+
+def _csv_records(lines: list[str], separator: str) -> list[_CsvRecord]:
+    """Every record of the text: its lines, its fields, or why the csv module cannot read it."""
+    reader = csv.reader(iter(lines), delimiter=separator, strict=True)
+    records, start = [], 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            end = reader.line_num
+            if "unexpected end of data" in str(err) or end >= len(lines):
+                records.append(_CsvRecord(start, end, None, "a quoted cell opens here and never closes (a '\"' is missing)",
+                                          _open_quote_line(lines, start, separator)))
+                break
+            records.append(_CsvRecord(start, end, None, f"text after a quoted cell's closing quote ({err}): quote the "
+                                      "whole cell and double the quotes inside it"))
+            start = end + 1
+            continue
+        records.append(_CsvRecord(start, reader.line_num, row))
+        start = reader.line_num + 1
+    return records or [_CsvRecord(1, 1, [])]
+
+
+def _open_quote_line(lines: list[str], start: int, separator: str) -> int:
+    """The line on which the quote left open at the end of the text opened, from line `start` on."""
+    opened, quoted, at_cell = start, False, True
+    for n, line in enumerate(lines[start - 1:], start):
+        i = 0
+        while i < len(line):
+            c = line[i]
+            if quoted:
+                if c == '"':
+                    if line[i + 1:i + 2] == '"':
+                        i += 1
+                    else:
+                        quoted = False
+            elif c == '"' and at_cell:
+                quoted, opened = True, n
+            at_cell = not quoted and c in (separator, "\r", "\n")
+            i += 1
+    return opened
+
+
+def _first_unreadable_record(lines: list[str], header: _CsvRecord, good: list[_CsvRecord], separator: str) -> int | None:
+    """The index of the record that ends the shortest prefix polars cannot read (bisection)."""
+    head = lines[header.start - 1:header.end]
+
+    def fails(k: int) -> bool:
+        text = "".join(head + [x for r in good[:k] for x in lines[r.start - 1:r.end]])
+        try:
+            pl.read_csv(io.BytesIO(text.encode()), separator=separator, infer_schema=False)
+        except Exception:
+            return True
+        return False
+
+    lo, hi = 1, len(good)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fails(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo - 1 if good and fails(lo) else None
 
 
 def _without_blank_rows(table: pl.DataFrame) -> pl.DataFrame:
@@ -698,23 +1244,6 @@ def _lazy_csv_line_index(path: Path, separator: str) -> Callable[[int], int]:
         return cache[i]
 
     return locate
-
-
-def _read_csv_skipping_bad_utf8(path: Path, data: bytes, separator: str) -> _Raw:
-    """Drop lines that are not UTF-8, then read the rest (line numbers kept)."""
-    keep, numbers, rejects = [], [], []
-    for n, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            rejects.append(Reject(str(path), n, None, f"invalid UTF-8 at byte {exc.start} of the line"))
-            continue
-        keep.append(raw)
-        numbers.append(n)
-    text = b"\n".join(keep)
-    table = _without_blank_rows(pl.read_csv(io.BytesIO(text), separator=separator, infer_schema=False))
-    starts = _csv_record_lines(io.StringIO(text.decode("utf-8"), newline=""), separator)
-    return _Raw(table, lambda i: numbers[starts[i] - 1], "line", rejects)
 
 
 def _read_tsv(path: Path, on_error: OnError) -> _Raw:

@@ -24,53 +24,95 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import click
 import numpy as np
 import polars as pl
 
 from curate.embeddings import embed
 from curate.drops import make_drops
 from curate.errors import InputError
-from curate.text import DEFAULT_FIELDS, field_text
+from curate.step import Step, StepResult, embedder_model, embedder_option, option, unit_interval
+from curate.text import DEFAULT_FIELDS, field_text, parse_fields
 
 SELECT_RANK_COLUMN = "select_rank"
 STRATIFY_MODES = ("auto", "keep", "balance", "none")
+
+
+class SelectSize(click.ParamType):
+    """A number of rows or `auto` (a click type, so recipes are checked against it before a run)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        elif str(value).strip().lower() == "auto":
+            return "auto"
+        else:
+            try:
+                size = int(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is neither a number of rows nor 'auto'", param, ctx)
+        if size < 1:
+            self.fail(f"selection size must be at least 1, got {size}", param, ctx)
+        return size
+
+
+def _fields_or_auto(value: str) -> tuple[str, ...] | None:
+    return None if value.strip() == "auto" else parse_fields(value)
 
 
 @dataclass
 class SelectConfig:
     """How `curate select` picks its rows."""
 
-    size: int | Literal["auto"]
+    size: int | Literal["auto"] = option(
+        help="Rows to select (fewer when fewer qualify), or auto: the knee of --curve, else every row up to --auto-max.",
+        short="-n", type=SelectSize(), metavar="N|auto", required=True)
     """Rows wanted (fewer are returned when fewer exist), or "auto": the curve's knee, else all
     rows up to `auto_max`."""
-    score_column: str | None = None
+    score_column: str | None = option(None, "Quality score to favour (higher is better), e.g. a judge score.")
     """Quality score, higher is better (e.g. a judge score). None: diversity alone."""
-    quality_weight: float = 0.5
+    quality_weight: float = option(0.5, "1: by score alone; 0: by diversity alone.")
     """MMR trade-off: 1 picks by score alone, 0 by diversity alone."""
-    stratify: Literal["auto", "keep", "balance", "none"] = "auto"
+    stratify: Literal["auto", "keep", "balance", "none"] = option(
+        "auto", "With labels: keep the label mix (capped by --max-class-share), balance it, ignore labels, or auto: "
+        "balance for macro_f1 or a balanced --test, else keep.", type=click.Choice(STRATIFY_MODES))
     """With labels: keep the input's label distribution (capped by `max_class_share`), balance
     labels, ignore them, or "auto": choose from `metric` and `test_labels`."""
-    metric: str | None = None
+    metric: str | None = option(None, "The objective's metric (accuracy, macro_f1, ...): macro_f1 makes auto balance "
+                                "the labels, any other keeps their mix.")
     """The objective's metric. macro_f1 weighs every label alike, so auto balances; any other
     metric (accuracy) weighs labels by frequency, so auto keeps the mix. None: not known."""
+    test: Path | None = option(None, "The held-out test set (any readable dataset); auto balances labels when its "
+                               "labels are balanced.", dataset=True)
+    """The test set whose label counts become `test_labels` (read by the step's command)."""
     test_labels: dict[str, int] | None = None
     """Label counts of the test set. A balanced test set makes auto balance: a model trained on
     the pool's skew would over-predict its big labels there. None: not known."""
     balanced_ratio: float = 1.5
     """The test set counts as balanced when its largest label is at most this many times its smallest."""
-    max_class_share: float | None = 0.5
+    max_class_share: float | None = option(0.5, "keep: no label above this share of the selection (1: no cap); the "
+                                           "excess goes to the other labels.", off=1.0, callback=unit_interval)
     """keep: no label gets more than this share of the selection; its excess goes to the other
     labels in proportion to their size (never more than a label has). A label keeps more only
     when the others run out. None: pure proportions."""
+    curve: Path | None = option(None, "size auto: a learning curve from `train curve`; its knee is the size.",
+                                dataset=True)
+    """A learning curve (`train curve`'s curve.json) whose knee becomes `knee` when size is auto."""
     knee: int | Literal["all"] | None = None
     """size auto: the knee of a learning curve (`train curve`), in rows, or "all". None: no curve."""
-    auto_max: int = 1000
+    auto_max: int = option(1000, "size auto without --curve: every row when there are at most this many, else "
+                           "this many.", type=click.IntRange(min=1))
     """size auto without a curve: every row when there are at most this many, else this many."""
-    fields: tuple[str, ...] | None = None
+    fields: tuple[str, ...] | None = option(
+        None, "Text embedded for diversity: comma-separated system/user/assistant/label, or auto (the prompt turns "
+        "for classification rows, as check-labels embeds them; else user,assistant,label).",
+        parse=_fields_or_auto, cli_default="auto")
     """Text embedded for diversity. None: the prompt turns (system, user) when every labelled row's
     reply is its label (classification: the label is what stratification handles, and check-labels
     embeds the same text, so the vectors come from the cache), else user, assistant and label."""
-    embedder: str | None = None
+    embedder: str | None = embedder_option()
 
     def __post_init__(self) -> None:
         if self.size != "auto" and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
@@ -89,17 +131,35 @@ class SelectConfig:
             raise ValueError(f"knee must be a positive number of rows or 'all', got {self.knee!r}")
 
 
-@dataclass
-class SelectResult:
-    kept: pl.DataFrame
-    drops: pl.DataFrame
-    quotas: dict[str | None, int]
-    mode: str
-    """The stratification used: keep, balance or none."""
-    reason: str
-    """Why that stratification, in one sentence."""
-    size_reason: str
-    """Why this many rows, in one sentence."""
+class Select(Step):
+    """Pick a diverse, high-quality subset of SIZE rows, stratified the way the objective asks.
+
+    Rows come out in selection order (column select_rank); the rest go to the
+    drops table with reason not_selected and their distance to the selection.
+    The label mix and the size chosen, and why, are printed and go to the manifest
+    (stratify_mode, stratify_reason, size_chosen, size_reason).
+
+    \b
+    Example:
+      curate select deduped.parquet --size auto --metric accuracy --test test.jsonl -o selected.parquet
+      curate select scored.parquet --size 500 --score-column judge_score -o selected.parquet
+    """
+
+    name = "select"
+    Config = SelectConfig
+
+    def models(self) -> list[dict]:
+        return embedder_model(self.config.embedder)
+
+    def prepare(self, inputs) -> None:
+        if self.config.test is not None:
+            labels = inputs.records(self.config.test)["label"].drop_nulls()
+            self.config.test_labels = dict(labels.value_counts().iter_rows()) if labels.len() else None
+        if self.config.curve is not None and self.config.size == "auto":
+            self.config.knee = read_knee(inputs.file(self.config.curve))
+
+    def run(self, records: pl.DataFrame) -> StepResult:
+        return select(records, self.config)
 
 
 def read_knee(path: str | Path) -> int | Literal["all"]:
@@ -172,7 +232,9 @@ def choose_size(config: SelectConfig, rows: int) -> tuple[int, str]:
                              "a learning curve (`train curve`, then --curve) would say how many are needed")
 
 
-def select(df: pl.DataFrame, config: SelectConfig, *, progress: bool = True) -> SelectResult:
+def select(df: pl.DataFrame, config: SelectConfig, *, progress: bool = True) -> StepResult:
+    """The selection; its parameters say the stratification and the size chosen, and why (the
+    label quotas are in `parameters["quotas"]`)."""
     if df.height == 0:
         raise ValueError("the dataset is empty: nothing to select from")
     scores = _scores(df, config.score_column)
@@ -212,7 +274,11 @@ def select(df: pl.DataFrame, config: SelectConfig, *, progress: bool = True) -> 
             for i in left.tolist()
         ],
     )
-    return SelectResult(kept, drops, quotas, mode, reason, size_reason)
+    fields = config.fields or embedding_fields(df)
+    return StepResult(kept, drops, parameters={
+        "fields": list(fields), "stratify_mode": mode, "stratify_reason": reason,
+        "size_chosen": kept.height, "size_reason": size_reason, "quotas": {str(k): v for k, v in quotas.items()}},
+        messages=[f"stratify: {mode} - {reason}", f"size: {kept.height} - {size_reason}"])
 
 
 def embedding_fields(df: pl.DataFrame) -> tuple[str, ...]:

@@ -15,6 +15,26 @@ from curate.readers import Reject
 WRITE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
+def check_output(path: str | Path, *, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse an output before any work: an unknown suffix, a folder, a parent that is a file, or one of the
+    command's own inputs (writing it would destroy the data being read)."""
+    path = Path(path)
+    if WRITE_FORMATS.get(path.suffix.lower()) is None:
+        raise InputError(path, f"cannot write '{path.suffix}' files; use one of {', '.join(WRITE_FORMATS)}")
+    if path.is_dir():
+        raise InputError(path, "is a folder; give a file name ending in .parquet or .jsonl")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(path, f"cannot create it: {parent} is a file, not a folder")
+            break
+    target = path.resolve()
+    for source in inputs:
+        if Path(source).resolve() == target:
+            raise InputError(path, "is also an input of this command; writing it would destroy the input. "
+                                   "Choose another output file")
+
+
 def write_records(df: pl.DataFrame, path: str | Path) -> Path:
     """Write a record set; the format follows the suffix. Nothing appears until it is complete."""
     path = Path(path)

@@ -7,10 +7,13 @@ that neither imports the other.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import subprocess
 from pathlib import Path
 
 from curate.errors import SmallsetError
+from curate.processes import die_with_parent
 
 
 class RunError(SmallsetError):
@@ -19,9 +22,7 @@ class RunError(SmallsetError):
 
 def run_command(cmd: list[str], stage: str) -> None:
     """One command, its output on the terminal; it dies with the runner (no orphan keeps writing)."""
-    from curate.review.server import _child_setup
-
-    proc = subprocess.Popen(cmd, preexec_fn=_child_setup)
+    proc = subprocess.Popen(cmd, preexec_fn=functools.partial(die_with_parent, parent=os.getpid()))
     try:
         code = proc.wait()
     except KeyboardInterrupt:

@@ -11,7 +11,6 @@ after every change, so a kill at any moment leaves a state the next run understa
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import shutil
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 from curate.atomic import write_text
 from curate.console import console
+from curate.locks import FileLock, LockHeldError
 from recipes.commands import RunError, run_command
 from recipes.spec import Recipe
 from recipes.stages import Stage, plan
@@ -68,13 +68,15 @@ def _save(run_dir: Path, state: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _locked(run_dir: Path) -> Iterator[None]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"{run_dir} is in use by another run of this recipe") from None
+    lock = FileLock(run_dir / ".lock", blocking=False)  # creates run_dir
+    try:
+        lock.acquire()
+    except LockHeldError:
+        raise RunError(f"{run_dir} is in use by another run of this recipe") from None
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, *, from_stage: str | None = None,

@@ -24,7 +24,13 @@ METRICS = {
     "exact": ("exact_match", "token_f1"),
     "free_text": ("rouge_l",),
 }
-CURATE_STEPS = ("dedup", "decontaminate", "filter", "check-labels", "score", "select")
+
+
+def curate_steps() -> tuple[str, ...]:
+    """The step names a recipe's `curate` list may use: every registered step (plugins too), and score."""
+    from curate.plugins import registered
+
+    return (*registered("steps"), "score")
 
 
 class _Strict(BaseModel):
@@ -115,7 +121,7 @@ class Recipe(_Strict):
     objective: Objective
     data: Data
     curate: list[dict[str, dict[str, Any]]] = Field(default_factory=list)
-    """Ordered curation steps, each `{step: {option: value}}` with step in CURATE_STEPS."""
+    """Ordered curation steps, each `{step: {option: value}}` with step in `curate_steps()`."""
     review: Review | None = None
     train: dict[str, Any] = Field(default_factory=dict)
     """Options of `train lora`."""
@@ -138,8 +144,8 @@ class Recipe(_Strict):
             if not isinstance(item, dict) or len(item) != 1:
                 raise ValueError(f"step {i}: one step name mapped to its options, e.g. `- select: {{size: 40}}`")
             (step, options), = item.items()
-            if step not in CURATE_STEPS:
-                raise ValueError(f"step {i}: unknown step '{step}'; known: {', '.join(CURATE_STEPS)}")
+            if step not in curate_steps():
+                raise ValueError(f"step {i}: unknown step '{step}'; known: {', '.join(curate_steps())}")
             out.append({step: options or {}})
         return out
 

@@ -73,7 +73,7 @@ def _commands() -> dict[str, click.Command]:
     from synth.cli import main as synth_cli
     from train.cli import main as train_cli
 
-    found = {f"curate {name}": cmd for name, cmd in curate_cli.commands.items()}
+    found = {f"curate {name}": curate_cli.get_command(None, name) for name in curate_cli.list_commands(None)}
     found["synth generate"] = synth_cli.commands["generate"]
     found.update({f"train {name}": cmd for name, cmd in train_cli.commands.items()})
     review = curate_cli.commands.get("review")

@@ -10,7 +10,8 @@ import click
 from curate import __version__
 from curate.console import SmallsetGroup, console
 from curate.drops import write_drops
-from curate.llm import EndpointConfig, EndpointEngine, EngineConfig, LLMEngine, SamplingConfig
+from curate.engine_cli import EngineChoice, engine_options
+from curate.llm import SamplingConfig
 from curate.manifest import Manifest
 from curate.writers import write_records
 
@@ -34,8 +35,10 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json-schema", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Constrain the reply to this JSON schema (structured output).")
+@click.option("--max-model-len", type=int, help="Context length of an in-process engine. [default: 2048]")
+@engine_options
 def prompt(text: tuple[str, ...], system: str | None, model: str | None, max_tokens: int, temperature: float,
-           seed: int, json_schema: Path | None) -> None:
+           seed: int, json_schema: Path | None, max_model_len: int | None, engine_choice: EngineChoice) -> None:
     """Ask the teacher one question and print its reply.
 
     \b
@@ -44,8 +47,7 @@ def prompt(text: tuple[str, ...], system: str | None, model: str | None, max_tok
     """
     schema = json.loads(json_schema.read_text()) if json_schema else None
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": " ".join(text)}]
-    with console.status("starting the vLLM engine (about 30 s on CPU)"):
-        engine = LLMEngine(EngineConfig(model=model, max_model_len=2048))
+    engine = engine_choice.open(model=model, max_model_len=max_model_len)
     console.print(f"teacher: {engine.model.path} ({engine.model.source})")
     with engine:
         reply = engine.chat([messages], SamplingConfig(temperature=temperature, max_tokens=max_tokens, seed=seed),
@@ -60,16 +62,14 @@ def prompt(text: tuple[str, ...], system: str | None, model: str | None, max_tok
 @click.option("--model", help="Teacher model spec (default: packaged SmolLM2-135M-Instruct).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per engine call (and per durable save).")
 @click.option("--structured/--no-structured", default=True, show_default=True, help="JSON-schema structured output.")
-@click.option("--max-model-len", type=int, default=2048, show_default=True)
-@click.option("--endpoint", envvar="SMALLSET_ENDPOINT", metavar="URL",
-              help="Use an OpenAI-compatible server (e.g. `synth serve`) instead of an in-process engine.")
-@click.option("--api-key", envvar="SMALLSET_ENDPOINT_KEY", help="API key for --endpoint.")
+@click.option("--max-model-len", type=int, help="Context length of an in-process engine. [default: 2048]")
 @click.option("--privacy/--no-privacy", default=None,
               help="PII scan and seed-copy check of every sample. [default: on when the task is sensitive]")
 @click.option("--pii-action", type=click.Choice(["drop", "redact"]), default="drop", show_default=True,
               help="What happens to a sample with PII in it.")
+@engine_options
 def generate(task_file: Path, output: Path, num: int | None, model: str | None, batch_size: int, structured: bool,
-             max_model_len: int, endpoint: str | None, api_key: str | None, privacy: bool | None, pii_action: str) -> None:
+             max_model_len: int | None, engine_choice: EngineChoice, privacy: bool | None, pii_action: str) -> None:
     """Generate the samples a task spec describes, covering its axes.
 
     Results are saved as they arrive; run the same command again after a crash
@@ -95,11 +95,8 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
     if structured and unbounded:
         console.print(f"[yellow]warning:[/] {task_file}: output field(s) {', '.join(unbounded)} have no maxLength, so a "
                       "reply cut off at max_tokens cannot be given room to finish and will not parse")
-    if endpoint:
-        engine = EndpointEngine(EndpointConfig(url=endpoint, model=model, api_key=api_key))
-    else:
-        with console.status("starting the vLLM engine (about 30 s on CPU)"):
-            engine = LLMEngine(EngineConfig(model=model, max_model_len=max_model_len))
+    engine = engine_choice.open(model=model, max_model_len=max_model_len)
+    manifest.parameters["engine"] = engine_choice.describe(engine)
     manifest.models.append(engine.model.describe())
     with engine:
         result = run_generate(task, engine, output, model_name=str(engine.model.path), structured=structured,

@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import polars as pl
 from tqdm import tqdm
@@ -26,12 +26,8 @@ from synth.coverage import plan
 from synth.journal import Journal
 from synth.prompts import build_chat
 from synth.task import TaskSpec
+from curate.engines import Engine
 from curate.llm import Generation, SamplingConfig
-
-
-class Teacher(Protocol):
-    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig | list[SamplingConfig],
-             json_schema: dict | list[dict] | None = None) -> list[Generation]: ...
 
 
 @dataclass
@@ -65,7 +61,7 @@ def journal_path(output: str | Path) -> Path:
     return sidecar(output, "partial.jsonl")
 
 
-def generate(task: TaskSpec, teacher: Teacher, output: str | Path, *, model_name: str, structured: bool = True,
+def generate(task: TaskSpec, teacher: Engine, output: str | Path, *, model_name: str, structured: bool = True,
              batch_size: int = 16, progress: bool = True) -> GenerateResult:
     """Generate `task.n` samples, resuming from the journal beside `output` if there is one."""
     base = SamplingConfig(**task.sampling)
@@ -106,7 +102,7 @@ def generate(task: TaskSpec, teacher: Teacher, output: str | Path, *, model_name
     return GenerateResult(records, drops, usage)
 
 
-def _finish_cut_off(task: TaskSpec, teacher: Teacher, batch: list[Planned], sampling: list[SamplingConfig],
+def _finish_cut_off(task: TaskSpec, teacher: Engine, batch: list[Planned], sampling: list[SamplingConfig],
                     schemas: list[dict], generations: list[Generation]) -> list[Generation]:
     """Ask again, with room for the longest reply the schema allows, for replies cut off at max_tokens.
 

@@ -387,7 +387,8 @@ def _analyzer(entities: tuple[str, ...], ner_model: str | None, regions: tuple[s
 
     class OfflineSpacyEngine(SpacyNlpEngine):
         """A spaCy engine that never downloads: a blank English tokenizer, or the
-        given installed model / pipeline directory for NER."""
+        given installed model / pipeline directory for NER; every token has a lemma
+        (`_fill_lemmas`)."""
 
         def __init__(self, model: str | None):
             super().__init__(models=[{"lang_code": "en", "model_name": model or "blank:en"}])
@@ -406,14 +407,8 @@ def _analyzer(entities: tuple[str, ...], ner_model: str | None, regions: tuple[s
                         f"ner_model {self._model!r} is neither an installed spaCy package nor a pipeline "
                         f"directory (models are never downloaded here): {exc}"
                     ) from None
+            nlp.add_pipe(_lemma_component(), last=True)
             self.nlp = {"en": nlp}
-
-        def _doc_to_nlp_artifact(self, doc, language):
-            artifacts = super()._doc_to_nlp_artifact(doc, language)
-            if any(not lemma for lemma in artifacts.lemmas):  # a blank pipeline has no lemmatizer
-                artifacts.lemmas = [t.lemma_ or t.lower_ for t in doc]
-                artifacts.keywords = artifacts.set_keywords(self, artifacts.lemmas, language)
-            return artifacts
 
     wanted = set(entities)
     recognizers = []
@@ -470,6 +465,31 @@ def _analyzer(entities: tuple[str, ...], ner_model: str | None, regions: tuple[s
         registry=registry, nlp_engine=OfflineSpacyEngine(ner_model), supported_languages=["en"]
     )
     return engine, [r.supported_entities[0] for r in recognizers]
+
+
+def _fill_lemmas(doc):
+    """Give each token without a lemma its lower-cased text.
+
+    presidio's context words ("ssn", "phone", "card" near a number raise its score) are
+    matched against the lemmas, and a blank pipeline has no lemmatizer: without this every
+    lemma is empty and no context word is ever found. A spaCy pipeline component, public
+    API on both sides, where an override of presidio's private `_doc_to_nlp_artifact` did
+    this before and would have stopped working, silently, the day presidio renamed it.
+    """
+    for token in doc:
+        if not token.lemma_:
+            token.lemma_ = token.lower_
+    return doc
+
+
+def _lemma_component() -> str:
+    """The registered name of `_fill_lemmas` as a spaCy component (registered once per process)."""
+    from spacy.language import Language
+
+    name = "smallset_fill_lemmas"
+    if not Language.has_factory(name):
+        Language.component(name, func=_fill_lemmas)
+    return name
 
 
 _DIGIT_RUN = re.compile(r"\+?\(?\d[\d\s().\-/]{5,}\d")

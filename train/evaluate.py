@@ -130,7 +130,8 @@ def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | Non
 
     `compare` names further adapters of the same base model, answered by the same engine.
     """
-    from curate.llm import EngineConfig, LLMEngine, SamplingConfig
+    from curate.engines import open_engine
+    from curate.llm import SamplingConfig
 
     config = config or EvalConfig()
     objective = config.objective()
@@ -148,12 +149,12 @@ def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | Non
 
     greedy = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=plan.max_tokens, seed=0)
     choices = plan.labels if plan.task == M.CLASSIFICATION and config.constrain else None
-    engine_config = EngineConfig(model=str(plan.resolved.path), max_model_len=config.max_model_len, enable_lora=True, max_lora_rank=plan.rank)
     loras = {name: (name, k, str(folder)) for k, (name, folder) in enumerate(plan.adapters.items(), start=1)}
     generations: dict[str, list] = {}
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    with LLMEngine(engine_config) as engine:
+    with open_engine("vllm", model=str(plan.resolved.path), max_model_len=config.max_model_len, enable_lora=True,
+                     max_lora_rank=plan.rank) as engine:
         seconds["engine_start"] = _lap(clock)
         for name in plan.contenders:
             console.print(f"answering {len(plan.test)} test rows: {name}")

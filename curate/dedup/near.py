@@ -39,8 +39,6 @@ from typing import Literal
 
 import numpy as np
 from datasketch import MinHash
-from datasketch.lsh import _optimal_param
-from datasketch.minhash import _fmix
 
 __all__ = [
     "NearDedupConfig",
@@ -139,6 +137,29 @@ _P = 0x9E3779B97F4A7C15
 _Q = 0xBF58476D1CE4E5B9
 _P_INV = pow(_P, -1, 1 << 64)
 _NP_Q = np.uint64(_Q)
+
+# MurmurHash3's finalizer constants (shift, multiply, shift, multiply, shift) per width.
+_FMIX = {
+    32: (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16)),
+    64: (np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(33), np.uint64(0xC4CEB9FE1A85EC53), np.uint64(33)),
+}
+
+
+def _fmix(values: np.ndarray, width: int) -> np.ndarray:
+    """MurmurHash3's finalizer (fmix32 / fmix64), element-wise on a uint32 or uint64 array.
+
+    A bijection of [0, 2**width) that spreads every input bit over every output bit.
+    datasketch >= 2.0 passes shingle hashes through fmix32 before its affine permutations, so
+    signatures built here equal its MinHash's; fmix64 mixes fingerprints and band keys.
+    Our own copy of datasketch's private `minhash._fmix` (tests/test_helpers.py checks that
+    they agree); multiplications wrap around, which is the intended arithmetic mod 2**width.
+    """
+    s1, m1, s2, m2, s3 = _FMIX[width]
+    values = values ^ (values >> s1)
+    values = values * m1
+    values = values ^ (values >> s2)
+    values = values * m2
+    return values ^ (values >> s3)
 
 
 def _fmix64_int(value: int) -> int:
@@ -520,9 +541,27 @@ def signatures(texts: Sequence[str], config: NearDedupConfig | None = None) -> n
 
 @lru_cache(maxsize=32)
 def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float]) -> tuple[int, int]:
-    """(bands, rows) from datasketch's optimizer (what ``MinHashLSH(threshold, num_perm,
-    weights)`` would use)."""
-    return _optimal_param(threshold, num_perm, *weights)
+    """(bands, rows) that ``MinHashLSH(threshold, num_perm, weights)`` would use.
+
+    With b bands of r rows, two texts of Jaccard similarity s become candidates with
+    probability 1 - (1 - s**r)**b. Of every b * r <= num_perm, this takes the first (b, r)
+    that minimizes the weighted sum of the false-positive area (that curve from 0 to the
+    threshold) and the false-negative area (one minus it, from the threshold to 1): the
+    computation of datasketch's private `lsh._optimal_param`, term for term, so that ties
+    fall the same way (tests/test_helpers.py compares it with `MinHashLSH.b` and `.r`).
+    """
+    from scipy.integrate import quad
+
+    fp_weight, fn_weight = weights
+    best, least = (0, 0), float("inf")
+    for b in range(1, num_perm + 1):
+        for r in range(1, int(num_perm / b) + 1):
+            fp, _ = quad(lambda s: 1 - (1 - s ** float(r)) ** float(b), 0.0, threshold)
+            fn, _ = quad(lambda s: 1 - (1 - (1 - s ** float(r)) ** float(b)), threshold, 1.0)
+            error = fp * fp_weight + fn * fn_weight
+            if error < least:
+                best, least = (b, r), error
+    return best
 
 
 def _band_candidates(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:

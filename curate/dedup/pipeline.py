@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import click
 import numpy as np
 import polars as pl
 
@@ -18,44 +19,77 @@ from curate.dedup.near import NearDedupConfig, near_duplicate_pairs
 from curate.dedup.semantic import SemanticDedupConfig, semantic_pairs
 from curate.embeddings import embed
 from curate.drops import empty_drops, make_drops
-from curate.text import DEFAULT_FIELDS, field_text, match_text
+from curate.step import Step, StepResult, embedder_model, embedder_option, fields_option, option, unit_interval
+from curate.text import field_text, match_text
 
 from curate.dedup import METHODS
 CLUSTER_SIZE_COLUMN = "dedup_cluster_size"
 
-__all__ = ["DedupConfig", "DedupResult", "METHODS", "NearDedupConfig", "SemanticDedupConfig", "dedup"]
+DedupResult = StepResult  # the name before the step contract
+
+__all__ = ["Dedup", "DedupConfig", "DedupResult", "METHODS", "NearDedupConfig", "SemanticDedupConfig", "dedup"]
 
 
 @dataclass
 class DedupConfig:
     """What `curate dedup` does."""
 
-    methods: tuple[str, ...] = ("exact", "near")
+    methods: tuple[str, ...] = option(("exact", "near"), "Repeatable; run in the order given. [default: exact, near]",
+                                      flag="--method", multiple=True, type=click.Choice(METHODS), show_default=False)
     """Methods, in the order they run. Semantic dedup is opt-in: it loads an embedding model."""
-    fields: tuple[str, ...] = DEFAULT_FIELDS
+    fields: tuple[str, ...] = fields_option()
     """What is compared: message contents by role, and the label."""
-    keep: KeepPolicy = "first"
+    keep: KeepPolicy = option("first", "Which row of a duplicate cluster survives.", type=click.Choice(KEEP_POLICIES))
     """Which row of a cluster survives: the first seen, the longest, or the highest `score_column`."""
-    score_column: str | None = None
-    near: NearDedupConfig = field(default_factory=NearDedupConfig)
-    semantic: SemanticDedupConfig = field(default_factory=SemanticDedupConfig)
+    score_column: str | None = option(None, "Column ranked by --keep score (highest kept).")
+    threshold: float = option(0.8, "near: Jaccard similarity of shingle sets.", callback=unit_interval)
+    num_perm: int = option(128, "near: MinHash permutations.")
+    shingle: str = option("word", "near: word or character n-grams.", type=click.Choice(["word", "char"]))
+    ngram: int = option(5, "near: shingle size.")
+    semantic_threshold: float = option(0.95, "semantic: cosine similarity.", callback=unit_interval)
+    embedder: str | None = embedder_option("semantic: embedding model spec (default: packaged all-MiniLM-L6-v2).")
+    batch_size: int = 64
+    """semantic: texts per embedding batch."""
+    near: NearDedupConfig = field(init=False)
+    """The near method's settings, from threshold, num_perm, shingle and ngram."""
+    semantic: SemanticDedupConfig = field(init=False)
+    """The semantic method's settings, from semantic_threshold, embedder and batch_size."""
 
     def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"unknown dedup method(s) {unknown or list(self.methods)}; choose from {', '.join(METHODS)}")
         if self.keep not in KEEP_POLICIES:
             raise ValueError(f"unknown keep policy '{self.keep}'; choose from {', '.join(KEEP_POLICIES)}")
+        self.near = NearDedupConfig(threshold=self.threshold, num_perm=self.num_perm, shingle=self.shingle, ngram=self.ngram)
+        self.semantic = SemanticDedupConfig(threshold=self.semantic_threshold, model=self.embedder, batch_size=self.batch_size)
 
 
-@dataclass
-class DedupResult:
-    kept: pl.DataFrame
-    drops: pl.DataFrame
-    counts: dict[str, int]
+class Dedup(Step):
+    """Remove exact, near (MinHash LSH) and semantic (embedding) duplicates.
+
+    Writes the kept rows to OUTPUT and, for every dropped row, the row it duplicates,
+    the method and the similarity to OUTPUT's .drops.parquet.
+
+    \b
+    Example:
+      curate dedup raw.parquet --method exact --method near --threshold 0.8 -o deduped.parquet
+    """
+
+    name = "dedup"
+    Config = DedupConfig
+
+    def models(self) -> list[dict]:
+        return embedder_model(self.config.embedder) if "semantic" in self.config.methods else []
+
+    def run(self, records: pl.DataFrame) -> StepResult:
+        result = dedup(records, self.config)
+        result.counts = {}  # drops by method are the manifest's dropped_<method>_duplicate
+        return result
 
 
-def dedup(df: pl.DataFrame, config: DedupConfig | None = None, *, progress: bool = True) -> DedupResult:
+def dedup(df: pl.DataFrame, config: DedupConfig | None = None, *, progress: bool = True) -> StepResult:
     """Remove duplicates; `kept` gains a `dedup_cluster_size` column (1 + rows it stands for)."""
     config = config or DedupConfig()
     if df.height == 0:
@@ -94,7 +128,7 @@ def dedup(df: pl.DataFrame, config: DedupConfig | None = None, *, progress: bool
         current = current.with_columns(
             (pl.col(CLUSTER_SIZE_COLUMN) + pl.Series(stood_for.astype(np.int64))).alias(CLUSTER_SIZE_COLUMN)
         ).filter(pl.Series(keep_mask))
-    return DedupResult(current, pl.concat(all_drops), counts)
+    return StepResult(current, pl.concat(all_drops), counts)
 
 
 def _texts(df: pl.DataFrame, config: DedupConfig) -> pl.Series:

@@ -136,7 +136,6 @@ def push(
     `bar(total)` may return a callback that is told how many records each sent batch held.
     """
     import argilla as rg
-    from argilla._exceptions._api import api_error_handler
 
     key = options.key or default_key(path)
     name = options.name or key
@@ -206,14 +205,13 @@ def push(
                 models.append(record.api_model())
             return models
 
-        @api_error_handler
         def send(models: list) -> int:
             # What the SDK's `records.bulk_upsert` sends; it would also parse the records the
             # server sends back into models, a fifth of this process's time, that nothing reads.
             response = conn.client.api.records.http_client.put(
                 f"/api/v1/datasets/{dataset.id}/records/bulk", json={"items": [m.model_dump() for m in models]}
             )
-            response.raise_for_status()
+            response.raise_for_status()  # an HTTPStatusError, which `argilla_errors` explains
             return len(models)
 
         pushed = 0

@@ -21,8 +21,7 @@ used and nothing is started (`external_deployment`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import fcntl
+import functools
 import json
 import os
 import secrets
@@ -38,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curate.errors import SmallsetError
+from curate.locks import FileLock, LockHeldError, is_locked
+from curate.processes import die_with_parent
 from curate.review.server_env import ServerEnv, ensure_server_env
 
 DEFAULT_HOST = "127.0.0.1"
@@ -141,17 +142,7 @@ class Workspace:
 
     def locked(self) -> bool:
         """Whether a server (in any process, this one included) holds the workspace lock."""
-        try:
-            fd = os.open(self.lock_file, os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # also drops the probe's lock
-        return False
+        return is_locked(self.lock_file)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -212,19 +203,6 @@ def _is_same_process(pid: int, argv: list[str]) -> bool:
     if current == argv:
         return True
     return bool(current) and "python" not in Path(argv[0]).name and current[0].split()[0] == argv[0]
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup() -> None:  # runs in the child between fork and exec
-    """Ask the kernel to SIGTERM the child if its parent dies (Linux), so nothing is orphaned.
-
-    The kernel watches the thread that forked: start servers from a thread that outlives them
-    (the main thread, as the CLI and the tests do)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _kill_group(pid: int, sig: int) -> None:
@@ -321,7 +299,7 @@ class ReviewServer:
     redis_port: int | None = field(default=None, init=False)
     _redis_password: str = field(default="", init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _workspace_lock: int | None = field(default=None, init=False, repr=False)
+    _workspace_lock: FileLock | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.ws = Workspace(Path(self.workspace).absolute())
@@ -384,17 +362,16 @@ class ReviewServer:
 
     def _lock_workspace(self) -> None:
         """Hold an exclusive lock on the workspace while this server lives (the kernel drops it if we die)."""
-        fd = os.open(self.ws.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        lock = FileLock(self.ws.lock_file, blocking=False, mode=0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            lock.acquire()
+        except LockHeldError:
             running = self.ws.running() or {}
             where = f" (pid {running['pid']}, {running.get('url')})" if running else ""
             raise ReviewServerError(
                 f"a review server already runs for {self.ws.root}{where}; stop it with `curate review stop`"
             ) from None
-        self._workspace_lock = fd
+        self._workspace_lock = lock
 
     def _child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
@@ -425,7 +402,8 @@ class ReviewServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_child_setup,
+                # SIGTERM if this process dies; start servers from the main thread, which outlives them
+                preexec_fn=functools.partial(die_with_parent, parent=os.getpid()),
             )
         finally:
             log.close()
@@ -561,7 +539,7 @@ class ReviewServer:
                 if info.get("pid") == os.getpid():
                     self.ws.pid_file.unlink()
             if self._workspace_lock is not None:
-                os.close(self._workspace_lock)  # releases the lock
+                self._workspace_lock.release()
                 self._workspace_lock = None
 
     def serve_forever(self) -> int:

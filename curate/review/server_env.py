@@ -14,18 +14,17 @@ the engine from this checkout, and nothing else of smallset enters that venv.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from curate.errors import SmallsetError
+from curate.locks import FileLock
 from curate.models import cache_dir
 
 ARGILLA_SERVER_VERSION = "2.8.0"
@@ -70,17 +69,6 @@ def _wanted() -> dict:
         "requirements": REQUIREMENTS,
         "python": sys.version.split()[0],
     }
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read_stamp(root: Path) -> dict | None:
@@ -154,7 +142,7 @@ def ensure_server_env(progress: Callable[[str], None] = print) -> ServerEnv:
     env = _ready(root)
     if env is not None:
         return env
-    with _lock(root.with_name(root.name + ".lock")):
+    with FileLock(root.with_name(root.name + ".lock")):
         env = _ready(root)  # another process may have built it while we waited
         if env is not None:
             return env
