@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
@@ -78,7 +79,7 @@ class Mapping:
         for pair in pairs:
             fld, sep, col = pair.partition("=")
             if not sep or not fld or not col:
-                raise InputError(None, f"bad mapping '{pair}': expected FIELD=COLUMN", field=pair)
+                raise InputError("--map", f"bad mapping '{pair}': expected FIELD=COLUMN")
             columns[fld.strip()] = col.strip()
         return cls(layout=layout, columns=columns)
 
@@ -196,11 +197,21 @@ class Mapped:
     layout: str | None = None  # the layout read (None: a record set, read as is)
 
 
-# Where a reader knows that a value was not text in the input although the table holds
-# it as text (JSON with a list in some rows and text in others, which polars reads as
-# text, writing each list as JSON): per row index, (column, turn index or None, key in
-# the turn or None, "a list" or "an object").
-Coerced = dict[int, list[tuple[str, "int | None", "str | None", str]]]
+class CoercedValue(NamedTuple):
+    """A value that was not text in the input, though the table holds it as text.
+
+    JSON with a list in some rows and text in others is read by polars as text, each
+    list written as (not always valid) JSON. Readers that see the input say where.
+    """
+
+    column: str
+    item: int | None  # its index in a list the column holds (None: the column's own value)
+    key: str | None  # its key in that item, an object (None: the item itself)
+    kind: str  # "a list", "an object", ... (`json_kind`)
+    json: str | None  # the value as the input wrote it, where `key` is None
+
+
+Coerced = dict[int, list[CoercedValue]]  # per row index
 
 
 def to_records(
@@ -419,9 +430,9 @@ def _checked_types(
             checks.append((fld, pl.when(pl.col(col).is_not_null()).then(pl.lit(_not_text(kind, what)))))
             replace[col] = pl.lit(None, dtype=pl.String)
             continue
-        found = {i: k for i, where in coerced.items() for c, turn, _, k in where if c == col and turn is None}
+        found = {i: _not_text(v.kind, what) for i, where in coerced.items() for v in where if v.column == col and v.item is None}
         if found:
-            checks.append((fld, _scattered(raw.height, {i: _not_text(k, what) for i, k in found.items()})))
+            checks.append((fld, _scattered(raw.height, found)))
     # Evaluated on the values as read, before those that are not text are set to null.
     checks = [(fld, pl.lit(raw.select(reason.alias("reason")).to_series())) for fld, reason in checks]
     if replace:
@@ -444,11 +455,14 @@ def _checked_turns(
 ) -> tuple[pl.Series | pl.Expr | None, pl.Expr | None]:
     """A column of turns: the column to read instead (None: as it is) and the reason per bad row."""
     dtype = raw.schema[col]
-    if dtype == pl.String:  # JSON text (a CSV cell, or JSON whose rows mix lists and text)
-        return _checked_turns_text(raw[col], fld)
+    if dtype == pl.String:  # JSON text (a CSV cell), or JSON whose rows mix lists and text: the lists as written
+        values = raw[col].to_list()
+        for i, where in coerced.items():
+            values[i] = next((v.json for v in where if v.column == col and v.item is None), values[i])
+        return _decoded_turns(values, col, fld, {})
     inner = dtype.inner if isinstance(dtype, pl.List) else None
-    if not isinstance(inner, pl.Struct):
-        return None, None  # `_chat_list` says what the column holds instead
+    if not isinstance(inner, pl.Struct):  # not turns, in some rows at least: each row says what it holds
+        return _decoded_turns(raw[col].to_list(), col, fld, coerced, as_text=False)
     names = {f.name: f.dtype for f in inner.fields}
     bad = {k: _kind(names[k]) for key in _TURN_KEYS for k in key if k in names and _kind(names[k]) is not None}
     role_key = next((k for k in _TURN_KEYS[0] if k in names), None)
@@ -460,14 +474,14 @@ def _checked_turns(
         role = pl.col(col).list.get(at).struct.field(role_key).cast(pl.String) if role_key and role_key not in bad else pl.lit("?")
         reasons.append(pl.when(has.list.any()).then(
             pl.format(f"{fld}[{{}}] ({{}}): {_not_text(kind, key)}", at, role.fill_null("?"))))
-    found = {i: (turn, key, kind) for i, where in coerced.items() for c, turn, key, kind in where
-             if c == col and turn is not None and key in names}
+    found = {i: v for i, where in coerced.items()
+             if (v := next((v for v in where if v.column == col and v.item is not None and v.key in names), None))}
     if found:
         roles = raw[col].gather(list(found)).to_list()
         by_row = {}
-        for (i, (turn, key, kind)), turns in zip(found.items(), roles):
-            role = turns[turn].get(role_key) if role_key and turns and turn < len(turns) else None
-            by_row[i] = f"{fld}[{turn}] ({role or '?'}): {_not_text(kind, key)}"
+        for (i, v), turns in zip(found.items(), roles):
+            role = turns[v.item].get(role_key) if role_key and turns and v.item < len(turns) else None
+            by_row[i] = f"{fld}[{v.item}] ({role or '?'}): {_not_text(v.kind, v.key)}"
         reasons.append(_scattered(raw.height, by_row))
     fixed = None
     if bad:
@@ -479,21 +493,46 @@ def _checked_turns(
 _TURN_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String, "from": pl.String, "value": pl.String}))
 
 
-def _checked_turns_text(values: pl.Series, fld: str) -> tuple[pl.Series, pl.Expr | None]:
-    """Turns held as JSON text: decoded, with each row that is not a JSON list of turns named.
+def _decoded_turns(
+    values: list, col: str, fld: str, coerced: Coerced, as_text: bool = True
+) -> tuple[pl.Series, pl.Expr | None]:
+    """Turns that polars does not hold as a list of objects: checked row by row, then decoded.
 
-    Checked value by value in Python (such columns are small: CSV cells, or JSON rows
-    that mix text and lists), so that one bad cell names its own row.
+    `as_text`: the values are JSON text (a CSV cell, or JSON whose rows mix lists and
+    text); otherwise they are Python values (a list of text, a number), where only the
+    items `coerced` names were objects. Checked value by value in Python (such columns
+    are small, or broken), so that one bad value names its own row.
     """
     reasons: dict[int, str] = {}
-    good: list[str | None] = []
-    for i, text in enumerate(values.to_list()):
-        reason = None if text is None else _turns_text_problem(text, fld)
+    texts: list[str | None] = []
+    for i, value in enumerate(values):
+        if value is not None and not as_text:
+            boxed = {v.item: v.json for v in coerced.get(i, ()) if v.column == col and v.item is not None and v.key is None}
+            value, reason = _boxed_turns(value, boxed, fld)
+            if reason is None:
+                value = json.dumps(value)
+            else:
+                reasons[i], value = reason, None
+        reason = None if value is None else _turns_text_problem(value, fld)
         if reason is not None:
             reasons[i] = reason
-        good.append(None if reason is not None else text)
-    decoded = pl.Series(values.name, good, dtype=pl.String).str.json_decode(_TURN_DTYPE)
+        texts.append(None if i in reasons else value)
+    decoded = pl.Series(col, texts, dtype=pl.String).str.json_decode(_TURN_DTYPE)
     return decoded, (_scattered(len(values), reasons) if reasons else None)
+
+
+def _boxed_turns(value, boxed: dict[int, str], fld: str) -> tuple[list | None, str | None]:
+    """A Python value as a list of turns; `boxed`: the items polars holds as text that were objects, as written."""
+    if not isinstance(value, list):
+        return None, f"expected a list of turns, found {json_kind(value)}"
+    turns = []
+    for i, item in enumerate(value):
+        if i in boxed:
+            item = json.loads(boxed[i])
+        if not isinstance(item, dict):
+            return None, f"{fld}[{i}] is {json_kind(item)}, expected an object with role and content"
+        turns.append(item)
+    return turns, None
 
 
 def _turns_text_problem(text: str, fld: str) -> str | None:

@@ -44,37 +44,42 @@ BUILTINS: dict[str, dict[str, str]] = {
         "tokens": "curate.rules.tokens:Tokens",
         "language": "curate.rules.language:Language",
     },
-    "strategies": {},
-    "engines": {},
 }
-"""What smallset itself registers (pyproject.toml declares the same entry points)."""
+"""What curate itself registers (pyproject.toml declares the same entry points). synth's strategies and
+the engines pass their own built-ins to `registered`, so that curate names nothing of synth's."""
 
 
 class PluginError(SmallsetError):
     """A plugin cannot be loaded; the message names it and where it came from."""
 
 
-@cache
-def registered(kind: str) -> dict[str, str]:
+def registered(kind: str, builtins: dict[str, str] | None = None) -> dict[str, str]:
     """name -> "module:attribute" for every `kind` (steps, rules, strategies, engines): built-ins, then plugins.
 
-    A plugin may not take a built-in's name: that would change what a recipe means without a word.
+    `builtins` are the owner's own (curate's steps and rules by default). A plugin may not take a
+    built-in's name: that would change what a recipe means without a word.
     """
-    found = dict(BUILTINS[kind])
+    return dict(_registered(kind, tuple(sorted((builtins if builtins is not None else BUILTINS.get(kind, {})).items()))))
+
+
+@cache
+def _registered(kind: str, builtins: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    found = dict(builtins)
     for ep in entry_points(group=GROUPS[kind]):
         if ep.name in found and found[ep.name] != ep.value:
             dist = ep.dist.name if ep.dist else "?"
             raise PluginError(f"plugin {dist!r} registers {kind[:-1]} {ep.name!r} ({ep.value}), "
                               f"which is smallset's own ({found[ep.name]}); rename it")
         found[ep.name] = ep.value
-    return found
+    return tuple(found.items())
 
 
-def load(kind: str, name: str) -> object:
+def load(kind: str, name: str, builtins: dict[str, str] | None = None) -> object:
     """Import the object registered as `name`; a broken plugin is named, not a traceback."""
-    target = registered(kind).get(name)
+    known = registered(kind, builtins)
+    target = known.get(name)
     if target is None:
-        raise PluginError(f"no {kind[:-1]} named {name!r}; known: {', '.join(sorted(registered(kind)))}")
+        raise PluginError(f"no {kind[:-1]} named {name!r}; known: {', '.join(sorted(known))}")
     module_name, _, attribute = target.partition(":")
     try:
         obj = importlib.import_module(module_name)
@@ -85,5 +90,10 @@ def load(kind: str, name: str) -> object:
     return obj
 
 
-def load_all(kind: str) -> dict[str, object]:
-    return {name: load(kind, name) for name in registered(kind)}
+def load_all(kind: str, builtins: dict[str, str] | None = None) -> dict[str, object]:
+    return {name: load(kind, name, builtins) for name in registered(kind, builtins)}
+
+
+def clear_cache() -> None:
+    """Forget what was found (after installing a plugin in the running process)."""
+    _registered.cache_clear()

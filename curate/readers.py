@@ -38,7 +38,7 @@ import polars as pl
 
 from curate import records as _records
 from curate.errors import InputError
-from curate.layouts import Coerced, Mapping, json_kind, map_rows, to_records
+from curate.layouts import Coerced, CoercedValue, Mapping, json_kind, map_rows, to_records
 
 OnError = Literal["fail", "skip"]
 
@@ -296,15 +296,20 @@ def _fails(good: list[bytes]) -> bool:
 
 
 def _first_unreadable(good: list[bytes]) -> int | None:
-    """The index of the line that ends the shortest prefix polars cannot read (bisection)."""
-    lo, hi = 1, len(good)
+    """The index of the line that ends the shortest prefix polars cannot read."""
+    return _first_failing_prefix(len(good), lambda k: _fails(good[:k]))
+
+
+def _first_failing_prefix(n: int, fails: Callable[[int], bool]) -> int | None:
+    """The index of the item that ends the shortest prefix of `n` items that `fails` (bisection), or None."""
+    lo, hi = 1, n
     while lo < hi:
         mid = (lo + hi) // 2
-        if _fails(good[:mid]):
+        if fails(mid):
             hi = mid
         else:
             lo = mid + 1
-    return lo - 1 if _fails(good[:lo]) else None
+    return lo - 1 if n and fails(lo) else None
 
 
 def _unreadable(good: list[bytes], k: int, exc: Exception) -> tuple[str | None, str]:
@@ -364,23 +369,30 @@ def _confirmed(data: bytes, schema: pl.Schema) -> bool:
 def _coerced(good: list[bytes], schema: pl.Schema) -> Coerced:
     """Per row, the values that were lists or objects where polars holds text (see `layouts.Coerced`)."""
     top = [k for k, t in schema.items() if t == pl.String]
+    items = [k for k, t in schema.items() if t == pl.List(pl.String)]  # lists of text, where some items were not
     nested = {
         k: keys for k, t in schema.items()
         if isinstance(t, pl.List) and isinstance(t.inner, pl.Struct)
         and (keys := [f.name for f in t.inner.fields if f.dtype == pl.String])
     }
     found: Coerced = {}
-    if not top and not nested:
+    if not top and not items and not nested:
         return found
     for i, raw in enumerate(good):
         row = json.loads(raw)
-        where = [(k, None, None, json_kind(row[k])) for k in top if isinstance(row.get(k), (list, dict))]
+        where = [CoercedValue(k, None, None, json_kind(row[k]), json.dumps(row[k])) for k in top
+                 if isinstance(row.get(k), (list, dict))]
+        for k in items:
+            values = row.get(k)
+            if isinstance(values, list):
+                where += [CoercedValue(k, j, None, json_kind(v), json.dumps(v)) for j, v in enumerate(values)
+                          if isinstance(v, (list, dict))]
         for k, keys in nested.items():
             turns = row.get(k)
             if not isinstance(turns, list):
                 continue
-            where += [(k, j, key, json_kind(turn[key])) for j, turn in enumerate(turns) if isinstance(turn, dict)
-                      for key in keys if isinstance(turn.get(key), (list, dict))]
+            where += [CoercedValue(k, j, key, json_kind(turn[key]), None) for j, turn in enumerate(turns)
+                      if isinstance(turn, dict) for key in keys if isinstance(turn.get(key), (list, dict))]
         if where:
             found[i] = where
     return found
@@ -463,14 +475,14 @@ def _jsonl_line_problem(raw: bytes, lineno: int = 0) -> tuple[str | None, str] |
     if nul >= 0:
         return None, f"a NUL byte at byte {nul} of the line: not UTF-8 text (UTF-16? pass --encoding utf-16)"
     try:
-        text = raw.decode("utf-8")
+        text = raw.rstrip(b"\r\n").decode("utf-8")  # the line's end is not part of its JSON: columns count on this line
     except UnicodeDecodeError as exc:
         return None, f"invalid UTF-8 at byte {exc.start} of the line (another encoding? pass --encoding)"
     try:
         value = _STRICT_JSON.decode(text)
     except json.JSONDecodeError as exc:
         reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
-        if "\r" in text.rstrip("\r\n"):
+        if "\r" in text:
             reason += "; a lone carriage return (\\r) ends a line here: JSON Lines end lines with \\n"
         return None, reason
     except _DuplicateKey as exc:
@@ -1021,9 +1033,26 @@ def _read_csv(path: Path, on_error: OnError, separator: str = ",") -> _Raw:
         table = pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False)
     except Exception:
         return _scan_csv(path, data, separator, on_error)
+    if any("\r" in c for c in table.columns):  # polars ends lines with \n only: a header run on over lone CRs
+        raise InputError(path, _LONE_CR, line=1)
+    table = _without_blank_rows(table)
+    if table.height == 0:  # a quote that never closes can hide every row in the header: the scan tells
+        return _scan_csv(path, data, separator, on_error)
     if table.width == 1:
         _check_one_column(path, table.columns[0], separator)
-    return _Raw(_without_blank_rows(table), _lazy_csv_line_index(path, separator), "line", [])
+    if any(re.search(r"_duplicated_\d+$", c) for c in table.columns):  # polars renames a repeated name
+        header = next(csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=separator))
+        _check_header_names(path, header)
+    return _Raw(table, _lazy_csv_line_index(path, separator), "line", [])
+
+
+def _check_header_names(path: Path, names: list[str]) -> None:
+    """A column named twice: polars would rename the second one, and the data would go to `meta` under a made-up name."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(path, f"the header names the column {name!r} twice; rename one", line=1)
+        seen.add(name)
 
 
 def _check_text_bytes(path: Path, data: bytes) -> None:
@@ -1040,6 +1069,7 @@ def _check_text_bytes(path: Path, data: bytes) -> None:
 _ENCODING_HINT = "; is the file in another encoding? pass --encoding (latin-1, cp1252, utf-16, ...)"
 
 
+_LONE_CR = "a lone carriage return (\\r) ends a line: CSV lines end with \\n or \\r\\n (convert the file's line endings)"
 _DELIMITERS = (",", ";", "\t", "|")
 
 
@@ -1089,8 +1119,7 @@ def _scan_csv(path: Path, data: bytes, separator: str, on_error: OnError) -> _Ra
     """
     lone_cr = re.search(rb"\r(?!\n)", data)
     if lone_cr:
-        raise InputError(path, "a lone carriage return (\\r) ends this line: CSV lines end with \\n or \\r\\n "
-                         "(convert the file's line endings)", line=data.count(b"\n", 0, lone_cr.start()) + 1)
+        raise InputError(path, _LONE_CR, line=data.count(b"\n", 0, lone_cr.start()) + 1)
     keep, numbers, rejects = [], [], []
     for n, raw in enumerate(data.split(b"\n"), 1):
         try:
@@ -1108,6 +1137,7 @@ def _scan_csv(path: Path, data: bytes, separator: str, on_error: OnError) -> _Ra
     header, body = records[0], records[1:]
     if header.row is None:
         raise InputError(path, f"the header: {header.reason}", line=numbers[(header.line or header.start) - 1])
+    _check_header_names(path, header.row)
     width = len(header.row)
     good: list[_CsvRecord] = []
     for rec in body:
@@ -1128,7 +1158,7 @@ def _scan_csv(path: Path, data: bytes, separator: str, on_error: OnError) -> _Ra
             table = _without_blank_rows(pl.read_csv(io.BytesIO(text.encode()), separator=separator, infer_schema=False))
         except Exception as exc:
             k = _first_unreadable_record(lines, header, good, separator)
-            if k is None:
+            if k is None or (k == 0 and _header_fails(lines, header, separator)):
                 raise InputError(path, f"malformed CSV: {_first_line(exc)}") from None
             rec = good.pop(k)
             body_text = "".join(lines[rec.start - 1:rec.end])
@@ -1192,8 +1222,16 @@ def _open_quote_line(lines: list[str], start: int, separator: str) -> int:
     return opened
 
 
+def _header_fails(lines: list[str], header: _CsvRecord, separator: str) -> bool:
+    try:
+        pl.read_csv(io.BytesIO("".join(lines[header.start - 1:header.end]).encode()), separator=separator, infer_schema=False)
+    except Exception:
+        return True
+    return False
+
+
 def _first_unreadable_record(lines: list[str], header: _CsvRecord, good: list[_CsvRecord], separator: str) -> int | None:
-    """The index of the record that ends the shortest prefix polars cannot read (bisection)."""
+    """The index of the record that ends the shortest prefix polars cannot read."""
     head = lines[header.start - 1:header.end]
 
     def fails(k: int) -> bool:
@@ -1204,14 +1242,7 @@ def _first_unreadable_record(lines: list[str], header: _CsvRecord, good: list[_C
             return True
         return False
 
-    lo, hi = 1, len(good)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fails(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo - 1 if good and fails(lo) else None
+    return _first_failing_prefix(len(good), fails)
 
 
 def _without_blank_rows(table: pl.DataFrame) -> pl.DataFrame:

@@ -8,7 +8,7 @@ A task is a YAML file:
     instructions: Write one realistic customer-support ticket for a SaaS product.
     sensitive: false            # true turns the privacy guard on
     n: 200                      # samples to generate
-    strategy: taxonomy          # taxonomy | self_instruct | evolve
+    strategy: taxonomy          # taxonomy | self_instruct | evolve | a plugin's (synth.strategies)
     seeds:                      # a few examples (may be private: never copied, see privacy)
       - {text: "I was charged twice this month.", label: billing}
     output:
@@ -38,8 +38,8 @@ from typing import Any
 
 from curate.errors import InputError
 from curate.yaml_files import read_yaml
+from synth.strategies import get_strategy, strategy_names
 
-STRATEGIES = ("taxonomy", "self_instruct", "evolve")
 FIELD_TYPES = {"string", "integer", "number", "boolean"}
 
 
@@ -144,8 +144,8 @@ def parse_task(data: Any, path: str | Path | None = None) -> TaskSpec:
         raise fail("n", f"must be a positive integer, got {n!r}")
     output = _parse_output(data["output"], fail)
     strategy = data.get("strategy", "taxonomy")
-    if strategy not in STRATEGIES:
-        raise fail("strategy", f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if strategy not in strategy_names():
+        raise fail("strategy", f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
     seeds = data.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, dict) for s in seeds):
         raise fail("seeds", "must be a list of mappings, each shaped like one output sample")
@@ -153,8 +153,8 @@ def parse_task(data: Any, path: str | Path | None = None) -> TaskSpec:
         missing = [f for f in output.fields if f not in seed]
         if missing:
             raise fail(f"seeds[{i}]", f"missing field(s) {missing} of output.fields")
-    if strategy == "self_instruct" and not seeds:
-        raise fail("seeds", "strategy self_instruct needs at least one seed")
+    if get_strategy(strategy).needs_seeds and not seeds:
+        raise fail("seeds", f"strategy {strategy} needs at least one seed")
     axes = data.get("axes") or {}
     if not isinstance(axes, dict):
         raise fail("axes", "must be a mapping of axis name to a list of values")

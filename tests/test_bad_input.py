@@ -5,15 +5,21 @@ Through the real `curate ingest` console script, and through `read_records`.
 
 from __future__ import annotations
 
+import codecs
+import hashlib
+import io
 import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import polars as pl
 import pytest
+from click.testing import CliRunner
 from conftest import chat, run_curate_many
 
+from curate.cli import main
 from curate.errors import InputError
 from curate.layouts import Mapping
 from curate.manifest import read_manifest
@@ -75,6 +81,36 @@ CASES = {
         "data.json", json.dumps([GOOD, "just a string", GOOD]).encode(),
         ["data.json", "record 2", "expected a JSON object, found str"], line=2),
     "unknown_file_type": Case("data.txt", b"hello\n", ["data.txt", "unknown file type '.txt'"]),
+    # What issue 17 found: tracebacks, and errors without (or with the wrong) place.
+    "messages_string": Case(
+        "chats.jsonl", _lines(*[{"messages": chat("hi", "hello")}] * 7, {"messages": "hello"}),
+        ["chats.jsonl, line 8, field 'messages': expected a list of turns, found the text 'hello'"], line=8, field="messages"),
+    "deep_nesting": Case("deep.jsonl", _lines(GOOD, b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+                         ["deep.jsonl, line 2", "nested too deeply"], line=2),
+    "ragged_csv": Case("tickets.csv", b"text,label\na,b\nc,d,e\nf,g\n",
+                       ["tickets.csv, line 3: 3 fields where the header has 2 (delimiter ',')", "--delimiter"], line=3),
+    "semicolon_csv": Case("tickets.csv", b"text;label\nmy card;billing\n",
+                          ["tickets.csv, line 1", "';'-delimited: pass --delimiter ';'"], line=1),
+    "unclosed_quote": Case("tickets.csv", b'text,label\na,b\n"c,d\ne,f\n',
+                           ["tickets.csv, line 3", "a quoted cell opens here and never closes"], line=3),
+    "nan": Case("chats.jsonl", _lines(GOOD, b'{"prompt": NaN, "completion": "4"}'),
+                ["chats.jsonl, line 2, field 'prompt': NaN is not JSON"], line=2, field="prompt"),
+    "mixed_layouts": Case("chats.jsonl", _lines(GOOD, GOOD, GOOD, GOOD, {"messages": chat("hi", "hello")}),
+                          ["chats.jsonl, line 5", "'messages' layout"], line=5),
+    "list_content": Case(
+        "chats.jsonl", _lines({"messages": chat("a", "b")},
+                              {"messages": [{"role": "user", "content": ["list", "content"]}, {"role": "assistant", "content": "x"}]}),
+        ["chats.jsonl, line 2, field 'messages': messages[0] (user): content is a list, expected text"], line=2,
+        field="messages"),
+    "list_label": Case("tickets.jsonl", _lines({"text": "a", "label": "x"}, {"text": "b", "label": ["x", "y"]}),
+                       ["tickets.jsonl, line 2, field 'label'", "a list, expected text"], line=2, field="label"),
+    "duplicate_key": Case("chats.jsonl", _lines(GOOD, b'{"prompt": "a", "prompt": "b", "completion": "c"}'),
+                          ["chats.jsonl, line 2, field 'prompt': the key 'prompt' appears twice"], line=2, field="prompt"),
+    "empty_user_content": Case(
+        "chats.jsonl", _lines({"messages": chat("a", "b")}, {"messages": chat("", "b")}),
+        ["chats.jsonl, line 2, field 'messages': messages[0] (user) is empty"], line=2, field="messages"),
+    "string_messages_parquet": Case(
+        "data.parquet", b"", ["data.parquet, row 1, field 'messages': expected a list of turns"], line=1, field="messages"),
 }
 
 
@@ -83,7 +119,10 @@ def _make(root: Path, case: Case) -> tuple[Path, Path]:
     (root / "in").mkdir(parents=True)
     (root / "out").mkdir()
     src = root / "in" / case.file
-    src.write_bytes(case.data)
+    if src.suffix == ".parquet":  # string `messages`, int `label`: what the issue's Parquet file held
+        pl.DataFrame({"messages": ["hello", "there"], "label": [1, 2]}).write_parquet(src)
+    else:
+        src.write_bytes(case.data)
     return src, root / "out"
 
 
@@ -116,7 +155,8 @@ def test_read_records_names_file_line_and_field(tmp_path, name):
 
 # The cases the issue lists; the others are covered in-process above.
 CLI_CASES = [n for n in CASES if n not in ("unknown_role", "empty_csv", "header_only_csv", "mapping_unknown_field",
-                                           "no_known_layout", "unknown_file_type")]
+                                           "no_known_layout", "unknown_file_type", "deep_nesting", "list_label",
+                                           "unclosed_quote", "empty_user_content")]
 EARLIER = {"clean.parquet": b"earlier output", "clean.manifest.json": b'{"earlier": true}'}
 
 
@@ -140,6 +180,13 @@ def _skip_csv(root: Path) -> list:
     # line 3-4: one quoted cell over two lines, no label; 5: bad UTF-8; 7: no text
     src.write_bytes(b'text,label\nok one,a\n"two\nlines",\ncaf\xe9,b\nok four,c\n,d\n')
     return ["ingest", src, "--on-error", "skip", "-o", root / "clean.jsonl"]
+
+
+def _skip_ragged_csv(root: Path) -> list:
+    src = root / "tickets.csv"
+    # 3: one field too many; 5: text after a closing quote; 7: a quote inside a cell; 8: a quote that never closes
+    src.write_bytes(b'text,label\nok one,a\nx,y,z\nok two,b\na,"b"c\nok three,c\nq,b"d\n"open,e\nrest,f\n')
+    return ["ingest", src, "--on-error", "skip", "-o", root / "out" / "clean.parquet"]
 
 
 def _skip_all_bad(root: Path) -> list:
@@ -167,7 +214,7 @@ def _several_inputs(root: Path) -> list:
 
 
 SCENARIOS = {
-    "skip_jsonl": _skip_jsonl, "skip_csv": _skip_csv, "skip_all_bad": _skip_all_bad,
+    "skip_jsonl": _skip_jsonl, "skip_csv": _skip_csv, "skip_ragged_csv": _skip_ragged_csv, "skip_all_bad": _skip_all_bad,
     "unknown_layout": _unknown_layout, "earlier_output": _earlier_output, "several_inputs": _several_inputs,
 }
 
@@ -278,6 +325,19 @@ def test_skip_csv_rejects_carry_line_numbers(cli):
     assert read_manifest(out)["counts"] == {"in": 5, "out": 2, "rejected": 3}
 
 
+def test_skip_on_a_ragged_csv_rejects_the_bad_lines_only(cli):
+    """Issue 17, 3: a ragged CSV with --on-error skip aborted the whole file."""
+    run = cli["skip_ragged_csv"]
+    out = run.root / "out" / "clean.parquet"
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert "4 rejected" in run.message
+    assert pl.read_parquet(out)["label"].to_list() == ["a", "b", "c"]
+    rejects = _rejects(out.parent / "clean.rejects.jsonl")
+    assert [r["line"] for r in rejects] == [3, 5, 7, 8]
+    assert "3 fields where the header has 2" in rejects[0]["reason"] and "never closes" in rejects[3]["reason"]
+    assert read_manifest(out)["counts"] == {"in": 7, "out": 3, "rejected": 4}
+
+
 def test_skip_with_every_row_bad_is_an_error_and_writes_nothing(cli):
     run = cli["skip_all_bad"]
     assert run.proc.returncode != 0
@@ -304,3 +364,426 @@ def test_skip_with_nothing_readable_names_the_rejects(tmp_path, file, data):
     (tmp_path / file).write_bytes(data)
     with pytest.raises(InputError, match=r"no valid records \(\d rejected; first: "):
         read_records(tmp_path / file, on_error="skip")
+
+
+# -- the catalogue ---------------------------------------------------------------------
+# Hundreds of bad inputs, each through the real `ingest` command (click's runner on
+# `curate.cli.main`, in this process: a `curate` process per case would take minutes).
+# Every one must: exit with the code of an input error, print no traceback, name the
+# file and the line (or row, or record) and field where there is one, leave the input
+# as it was, and leave the output folder empty. A handful go through the installed
+# script as well (`test_catalogue_through_the_console_script`).
+
+INPUT_ERROR_EXIT = click.ClickException.exit_code  # what `SmallsetGroup` turns an InputError into
+
+
+@dataclass(frozen=True)
+class Bad:
+    file: str
+    data: bytes
+    where: tuple[str, ...]  # what locates it: "line 3", "field 'label'" (the file's name is always checked)
+    says: tuple[str, ...] = ()  # words of the reason
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    names: str | None = None  # the path the message must name, when not the input's (an output)
+
+
+def _json_array(*rows) -> bytes:
+    return json.dumps(list(rows), indent=1).encode()
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _csv(rows: list[dict], sep: str = ",") -> bytes:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [sep.join(columns)] + [sep.join(_cell(r.get(c)) for c in columns) for r in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _parquet(rows: list[dict] | pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    (rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)).write_parquet(buf)
+    return buf.getvalue()
+
+
+# How each format writes rows, and how it names the place of row i (0-based).
+FORMATS = {
+    "jsonl": (lambda rows: _lines(*rows), lambda i: f"line {i + 1}"),
+    "json": (lambda rows: _json_array(*rows), lambda i: f"record {i + 1}"),
+    "csv": (lambda rows: _csv(rows), lambda i: f"line {i + 2}"),
+    "tsv": (lambda rows: _csv(rows, "\t"), lambda i: f"line {i + 2}"),
+    "parquet": (_parquet, lambda i: f"row {i + 1}"),
+}
+TEXT_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet")
+JSON_FORMATS = ("jsonl", "json", "parquet")  # where a value can be a list or an object
+
+
+def _turns(*pairs, key=("role", "content")) -> list[dict]:
+    return [{key[0]: r, key[1]: c} for r, c in pairs]
+
+
+PC = {"prompt": "What is 2+2?", "completion": "4"}
+ALPACA = {"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"}
+TL = {"text": "my card was charged twice", "label": "billing"}
+MSG = {"messages": _turns(("user", "hi"), ("assistant", "hello"))}
+SG = {"conversations": _turns(("human", "hi"), ("gpt", "hello"), key=("from", "value"))}
+
+# (name, good row, bad row, field, words of the reason, formats): rows 0 and 1 are good, row 2 is bad.
+ROW_PROBLEMS = [
+    ("prompt_null", PC, {"prompt": None, "completion": "4"}, "prompt", "no value in column 'prompt'", TEXT_FORMATS),
+    ("completion_null", PC, {"prompt": "q", "completion": None}, "completion", "no value in column 'completion'", TEXT_FORMATS),
+    ("prompt_empty", PC, {"prompt": "", "completion": "4"}, "prompt", "column 'prompt' is empty", TEXT_FORMATS),
+    ("prompt_blank", PC, {"prompt": " \t ", "completion": "4"}, "prompt", "column 'prompt' is empty", TEXT_FORMATS),
+    ("instruction_null", ALPACA, {**ALPACA, "instruction": None}, "instruction", "no value in column 'instruction'", TEXT_FORMATS),
+    ("instruction_empty", ALPACA, {**ALPACA, "instruction": ""}, "instruction", "is empty", TEXT_FORMATS),
+    ("output_null", ALPACA, {**ALPACA, "output": None}, "output", "no value in column 'output'", TEXT_FORMATS),
+    ("text_null", TL, {"text": None, "label": "billing"}, "text", "no value in column 'text'", TEXT_FORMATS),
+    ("text_blank", TL, {"text": "   ", "label": "billing"}, "text", "column 'text' is empty", TEXT_FORMATS),
+    ("label_null", TL, {"text": "hello", "label": None}, "label", "no value in column 'label'", TEXT_FORMATS),
+    ("label_empty", TL, {"text": "hello", "label": ""}, "label", "column 'label' is empty", TEXT_FORMATS),
+    ("label_list", TL, {"text": "hello", "label": ["billing", "account"]}, "label", "a list, expected text", ("jsonl", "json")),
+    ("label_object", TL, {"text": "hello", "label": {"name": "billing"}}, "label", "an object, expected text", ("jsonl", "json")),
+    ("prompt_list", PC, {"prompt": ["What", "is"], "completion": "4"}, "prompt", "a list, expected text", ("jsonl", "json")),
+    ("prompt_object", PC, {"prompt": {"q": 1}, "completion": "4"}, "prompt", "an object, expected text", ("jsonl", "json")),
+    ("completion_list", PC, {"prompt": "q", "completion": ["4"]}, "completion", "a list, expected text", ("jsonl", "json")),
+    ("output_object", ALPACA, {**ALPACA, "output": {"answer": 4}}, "output", "an object", ("jsonl", "json")),
+    ("system_list", {**PC, "system": "Be brief."}, {**PC, "system": ["Be", "brief"]}, "system", "a list", ("jsonl", "json")),
+    ("no_assistant", MSG, {"messages": _turns(("user", "hi"))}, "messages", "no assistant turn", JSON_FORMATS + ("csv",)),
+    ("unknown_role", MSG, {"messages": _turns(("wizard", "hi"), ("assistant", "x"))}, "messages", "unknown role",
+     JSON_FORMATS + ("csv",)),
+    ("null_content", MSG, {"messages": _turns(("user", None), ("assistant", "x"))}, "messages", "no content",
+     JSON_FORMATS + ("csv",)),
+    ("empty_user", MSG, {"messages": _turns(("user", ""), ("assistant", "x"))}, "messages", "messages[0] (user) is empty",
+     JSON_FORMATS + ("csv", "tsv")),
+    ("blank_user_after_system", MSG, {"messages": _turns(("system", "s"), ("user", " \n"), ("assistant", "x"))},
+     "messages", "messages[1] (user) is empty", JSON_FORMATS + ("csv",)),
+    ("empty_messages", MSG, {"messages": []}, "messages", "no messages", ("jsonl", "json", "csv")),
+    ("content_list", MSG, {"messages": _turns(("user", ["list", "content"]), ("assistant", "x"))}, "messages",
+     "messages[0]", ("jsonl", "json", "csv")),
+    ("content_parts", MSG, {"messages": _turns(("user", [{"type": "text", "text": "hi"}]), ("assistant", "x"))},
+     "messages", "join the parts' text", ("jsonl", "json", "csv")),
+    ("content_object", MSG, {"messages": _turns(("user", "hi"), ("assistant", {"text": "x"}))}, "messages",
+     "messages[1]", ("jsonl", "json", "csv")),
+    ("messages_string", MSG, {"messages": "hello"}, "messages", "expected a list of turns", ("jsonl", "json", "csv")),
+    ("messages_of_strings", MSG, {"messages": ["hi", "hello"]}, "messages", "messages[0] is text", ("csv",)),
+    ("sharegpt_unknown_from", SG, {"conversations": _turns(("alien", "hi"), ("gpt", "x"), key=("from", "value"))},
+     "messages", "unknown role", ("jsonl", "json", "parquet")),
+    ("sharegpt_empty_human", SG, {"conversations": _turns(("human", ""), ("gpt", "x"), key=("from", "value"))},
+     "messages", "(user) is empty", ("jsonl", "json", "parquet")),
+    ("sharegpt_no_gpt", SG, {"conversations": _turns(("human", "hi"), key=("from", "value"))}, "messages",
+     "no assistant turn", ("jsonl", "json", "parquet")),
+    ("sharegpt_value_list", SG, {"conversations": _turns(("human", ["a"]), ("gpt", "x"), key=("from", "value"))},
+     "conversations", "value is a list", ("jsonl", "json")),
+]
+
+
+def _row_cases() -> dict[str, Bad]:
+    cases = {}
+    for name, good, bad, fld, says, formats in ROW_PROBLEMS:
+        for fmt in formats:
+            write, where = FORMATS[fmt]
+            cases[f"{name}.{fmt}"] = Bad(f"data.{fmt}", write([good, good, bad]), (where(2), f"field '{fld}'"), (says,))
+    return cases
+
+
+def _alone_cases() -> dict[str, Bad]:
+    """A value of the wrong kind in every row: a column of lists where text belongs (no row mixes them)."""
+    rows = {
+        "label_list": [{"text": "hi", "label": ["a", "b"]}] * 2,
+        "prompt_list": [{"prompt": ["a"], "completion": "b"}],
+        "prompt_object": [{"prompt": {"k": "v"}, "completion": "b"}],
+        "content_list": [{"messages": _turns(("user", ["a"]), ("assistant", ["b"]))}],
+        "content_parts": [{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                                        {"role": "assistant", "content": [{"type": "text", "text": "x"}]}]}],
+    }
+    fields = {"label_list": "label", "prompt_list": "prompt", "prompt_object": "prompt"}
+    cases = {}
+    for name, rs in rows.items():
+        for fmt in ("jsonl", "json", "parquet"):
+            write, where = FORMATS[fmt]
+            cases[f"alone_{name}.{fmt}"] = Bad(f"data.{fmt}", write(rs), (where(0), f"field '{fields.get(name, 'messages')}'"),
+                                               ("expected text",))
+    return cases
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def _json_level_cases() -> dict[str, Bad]:
+    """What is wrong with the JSON itself, in a JSON Lines file and in a JSON array."""
+    g = json.dumps(PC).encode()
+    lines = {  # (the bad line, the field it names or None, words)
+        "nan": (b'{"prompt": "q", "completion": "4", "score": NaN}', "score", "NaN is not JSON"),
+        "infinity": (b'{"prompt": "q", "completion": "4", "score": Infinity}', "score", "Infinity is not JSON"),
+        "minus_infinity": (b'{"prompt": "q", "completion": "4", "score": -Infinity}', "score", "-Infinity is not JSON"),
+        "nan_in_text_field": (b'{"prompt": NaN, "completion": "4"}', "prompt", "NaN is not JSON"),
+        "duplicate_key": (b'{"prompt": "a", "prompt": "b", "completion": "4"}', "prompt", "appears twice"),
+        "duplicate_nested_key": (b'{"messages": [{"role": "user", "content": "a", "content": "b"}, '
+                                 b'{"role": "assistant", "content": "x"}]}', "content", "appears twice"),
+        "deep_nesting": (b'{"prompt": ' + DEEP + b', "completion": "x"}', None, "nested too deeply"),
+        "truncated": (b'{"prompt": "q", "compl', None, "invalid JSON"),
+        "trailing_comma": (b'{"prompt": "q", "completion": "4",}', None, "invalid JSON"),
+        "single_quotes": (b"{'prompt': 'q', 'completion': '4'}", None, "invalid JSON"),
+        "bare_word": (b"hello", None, "invalid JSON"),
+        "number": (b"42", None, "expected a JSON object, found int"),
+        "string": (b'"a string"', None, "expected a JSON object, found str"),
+        "list": (b"[1, 2]", None, "expected a JSON object, found list"),
+        "null": (b"null", None, "expected a JSON object, found NoneType"),
+        "true": (b"true", None, "expected a JSON object, found bool"),
+        "invalid_utf8": (b'{"prompt": "caf\xe9", "completion": "4"}', None, "invalid UTF-8"),
+        "overlong_utf8": (b'{"prompt": "\xc0\xaf", "completion": "4"}', None, "invalid UTF-8"),
+        "nul_byte": (b'{"prompt": "a\x00b", "completion": "4"}', None, "NUL byte"),
+        "control_character": (b'{"prompt": "a\x01b", "completion": "4"}', None, "invalid JSON"),
+        "two_objects": (g + b" " + g, None, "invalid JSON"),
+        "lone_cr": (g + b"\r" + g, None, "carriage return"),
+    }
+    cases = {}
+    for name, (line, fld, says) in lines.items():
+        where = ("line 3",) + ((f"field '{fld}'",) if fld else ())
+        cases[f"{name}.jsonl"] = Bad("data.jsonl", g + b"\n" + g + b"\n" + line + b"\n" + g + b"\n", where, (says,))
+    arrays = {  # the same troubles inside a JSON array: (the bad record, where, words)
+        "nan": (b'{"prompt": "q", "completion": "4", "score": NaN}', ("record 3", "field 'score'"), "NaN is not JSON"),
+        "infinity": (b'{"prompt": Infinity, "completion": "4"}', ("record 3", "field 'prompt'"), "Infinity"),
+        "duplicate_key": (b'{"prompt": "a", "completion": "4", "completion": "5"}', ("record 3", "field 'completion'"),
+                          "appears twice"),
+        "duplicate_nested_key": (b'{"messages": [{"role": "user", "role": "assistant", "content": "a"}]}',
+                                 ("record 3", "field 'role'"), "appears twice"),
+        "deep_nesting": (b'{"prompt": ' + DEEP + b"}", ("line 4",), "nested too deeply"),
+        "number": (b"7", ("record 3",), "expected a JSON object, found int"),
+        "null": (b"null", ("record 3",), "found NoneType"),
+        "truncated": (b'{"prompt": "q"', ("line 5",), "invalid JSON"),  # where the parser finds it out
+    }
+    for name, (record, where, says) in arrays.items():
+        cases[f"{name}.json"] = Bad("data.json", b"[\n" + g + b",\n" + g + b",\n" + record + b"\n]\n", where, (says,))
+    return cases
+
+
+def _csv_cases() -> dict[str, Bad]:
+    body = b"text,label\nmy card broke,billing\n"
+    return {
+        "ragged_more_fields": Bad("data.csv", body + b"a,b,c\nfine,x\n", ("line 3",), ("3 fields where the header has 2",
+                                                                                          "delimiter ','", "--delimiter")),
+        "ragged_late": Bad("data.csv", body * 1 + b"ok,a\n" * 40 + b"x,y,z,w\n", ("line 43",), ("4 fields",)),
+        "semicolons": Bad("data.csv", b"text;label\nmy card;billing\nbroken screen;technical\n", ("line 1",),
+                          ("';'-delimited", "--delimiter ';'")),
+        "semicolons_with_commas_inside": Bad("data.csv", b"text;label\nhello, there;billing\nbye;x\n", ("line 2",),
+                                             ("';'", "--delimiter ';'")),
+        "tabs_in_a_csv": Bad("data.csv", b"text\tlabel\nhello\tbilling\n", ("line 1",), ("tab-delimited", "--delimiter tab")),
+        "pipes": Bad("data.csv", b"text|label\nhello|billing\n", ("line 1",), ("'|'-delimited",)),
+        "commas_in_a_tsv": Bad("data.tsv", b"text,label\nhello,billing\n", ("line 1",), ("','-delimited", "--delimiter ','")),
+        "unclosed_quote": Bad("data.csv", body + b'"my card,billing\nnext,x\nlast,y\n', ("line 3",),
+                              ("quoted cell opens here and never closes",)),
+        "unclosed_quote_after_multiline_cell": Bad(
+            "data.csv", body + b'"two\nlines",a\nok,b\nfine,"never closed\nmore,x\n', ("line 6",), ("never closes",)),
+        "text_after_closing_quote": Bad("data.csv", body + b'a,"b"c\nok,d\n', ("line 3",), ("closing quote",)),
+        "quote_inside_a_cell": Bad("data.csv", body + b'ok,d\na,b"c\nok,e\n', ("line 4",), ("quote the whole cell",)),
+        "lone_cr_line_ends": Bad("data.csv", b"text,label\rmy card,billing\rnext,x\r", ("line 1",), ("carriage return",)),
+        "lone_cr_mid_file": Bad("data.csv", body + b"a,b\rc,d\n", ("line 3",), ("carriage return",)),
+        "duplicate_header": Bad("data.csv", b"text,label,text\na,b,c\n", ("line 1",), ("'text' twice",)),
+        "header_unclosed_quote": Bad("data.csv", b'"text,label\na,b\n', ("line 1",), ("never closes",)),
+        "invalid_utf8_header": Bad("data.csv", b"t\xe9xt,label\na,b\n", ("line 1",), ("invalid UTF-8", "--encoding")),
+        "latin1_text": Bad("data.csv", body + "café,billing\n".encode("latin-1"), ("line 3",), ("invalid UTF-8", "--encoding")),
+        "cp1252_quotes": Bad("data.csv", body + "\u201csmart\u201d,billing\n".encode("cp1252"), ("line 3",), ("invalid UTF-8",)),
+        "nul_byte": Bad("data.csv", body + b"a\x00b,billing\n", ("line 3",), ("NUL byte",)),
+        "utf16_with_bom": Bad("data.csv", "text,label\nhi,billing\n".encode("utf-16"), ("line 1",), ("UTF-16 byte-order mark",
+                                                                                                       "--encoding utf-16")),
+        "utf16_without_bom": Bad("data.csv", "text,label\nhi,billing\n".encode("utf-16-le"), ("line 1",), ("NUL byte",)),
+        "empty_label_cell": Bad("data.csv", body + b"hello,\n", ("line 3", "field 'label'"), ("no value",)),
+        "blank_text_cell": Bad("data.csv", body + b'"  ",billing\n', ("line 3", "field 'text'"), ("is empty",)),
+        "only_blank_lines": Bad("data.csv", b"text,label\n\n\n\n", (), ("no records",)),
+        "ragged_and_bad_utf8": Bad("data.csv", body + b"caf\xe9,b\n", ("line 3",), ("invalid UTF-8",)),
+        "messages_cell_not_json": Bad("data.csv", b'messages\n"[{""role"": ""user""}"\n', ("line 2", "field 'messages'"),
+                                      ("expected a list of turns",)),
+        "messages_cell_deep": Bad("data.csv", b"messages\n" + b"[" * 5000 + b"\n", ("line 2", "field 'messages'"),
+                                  ("expected a list of turns",)),
+    }
+
+
+def _jsonl_file_cases() -> dict[str, Bad]:
+    g = json.dumps(PC).encode() + b"\n"
+    m = json.dumps(MSG).encode() + b"\n"
+    return {
+        "utf8_bom.jsonl": Bad("data.jsonl", codecs.BOM_UTF8 + g + g, ("line 1",), ("UTF-8 byte-order mark", "--encoding utf-8-sig")),
+        "utf8_bom.json": Bad("data.json", codecs.BOM_UTF8 + b"[" + g + b"]", ("line 1",), ("--encoding utf-8-sig",)),
+        "utf16.jsonl": Bad("data.jsonl", (g + g).decode().encode("utf-16"), ("line 1",), ("UTF-16", "--encoding utf-16")),
+        "utf16.json": Bad("data.json", ("[" + g.decode() + "]").encode("utf-16"), ("line 1",), ("--encoding utf-16",)),
+        "latin1.jsonl": Bad("data.jsonl", g + '{"prompt": "café", "completion": "x"}\n'.encode("latin-1"), ("line 2",),
+                            ("invalid UTF-8", "--encoding")),
+        "latin1.json": Bad("data.json", '[{"prompt": "café", "completion": "x"}]'.encode("latin-1"), ("line 1",),
+                           ("invalid UTF-8",)),
+        "mixed_layouts": Bad("data.jsonl", g * 4 + m + g, ("line 5",), ("'messages' layout", "'prompt_completion'")),
+        "mixed_layouts_chat_first": Bad("data.jsonl", m * 3 + g, ("line 4",), ("'prompt_completion' layout",)),
+        "mixed_layouts.json": Bad("data.json", _json_array(PC, PC, TL), ("record 3",), ("'text_label' layout",)),
+        "messages_string_line_8": Bad("data.jsonl", m * 7 + b'{"messages": "hello"}\n', ("line 8", "field 'messages'"),
+                                      ("expected a list of turns, found the text 'hello'",)),
+        "messages_number": Bad("data.jsonl", b'{"messages": 5}\n', ("line 1", "field 'messages'"),
+                               ("expected a list of turns, found a number",)),
+        "messages_object": Bad("data.jsonl", b'{"messages": {"role": "user"}}\n', ("line 1", "field 'messages'"),
+                               ("expected a list of turns, found an object",)),
+        "messages_list_of_strings": Bad("data.jsonl", b'{"messages": ["hi", "there"]}\n', ("line 1", "field 'messages'"),
+                                        ("messages[0] is text, expected an object",)),
+        "messages_mixed_with_strings": Bad("data.jsonl", m + b'{"messages": ["hi", "there"]}\n',
+                                           ("line 2", "field 'messages'"), ("messages[0] is text",)),
+        "content_list_and_text_in_one_line": Bad(
+            "data.jsonl", b'{"messages": [{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]}\n',
+            ("line 1", "field 'messages'"), ("messages[0].content is a list",)),
+        "content_parts_and_text_in_one_line": Bad(
+            "data.jsonl", m + b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}, '
+                              b'{"role": "assistant", "content": "b"}]}\n',
+            ("line 2", "field 'messages'"), ("content parts", "join the parts")),
+        "whitespace_only": Bad("data.jsonl", b"   \n\n  \n", (), ("no records",)),
+        "only_bad_lines_skipped": Bad("data.jsonl", b"nope\n[1]\n", (), ("no valid records",), ("--on-error", "skip")),
+        "json_scalar": Bad("data.json", b"42", (), ("expected a JSON array of records, found int",)),
+        "json_object_of_two_lists": Bad("data.json", b'{"a": [], "b": []}', (), ("exactly one list",)),
+        "json_empty_array": Bad("data.json", b"[]", (), ("no records",)),
+        "json_invalid": Bad("data.json", b'[{"prompt": "q",\n "completion": }]', ("line 2",), ("invalid JSON",)),
+        "json_nul_byte": Bad("data.json", b'[{"prompt": "a\x00"}]', ("line 1",), ("NUL byte",)),
+    }
+
+
+def _parquet_cases() -> dict[str, Bad]:
+    return {
+        "messages_as_text": Bad("data.parquet", _parquet({"messages": ["hi", "there"], "label": [1, 2]}),
+                                ("row 1", "field 'messages'"), ("expected a list of turns, found the text 'hi'",)),
+        "messages_json_text_then_not": Bad(
+            "data.parquet", _parquet({"messages": [json.dumps(MSG["messages"]), "oops"]}), ("row 2", "field 'messages'"),
+            ("found the text 'oops'",)),
+        "messages_as_int": Bad("data.parquet", _parquet({"messages": [1, 2]}), ("row 1", "field 'messages'"),
+                               ("list of turns, found a number",)),
+        "messages_of_strings": Bad("data.parquet", _parquet({"messages": [["hi"]]}), ("row 1", "field 'messages'"),
+                                   ("messages[0] is text",)),
+        "label_struct": Bad("data.parquet", _parquet({"text": ["a"], "label": [{"x": 1}]}), ("row 1", "field 'label'"),
+                            ("an object, expected text",)),
+        "prompt_binary": Bad("data.parquet", _parquet(pl.DataFrame({"prompt": [b"\x00\x01"], "completion": ["x"]})),
+                             ("row 1", "field 'prompt'"), ("bytes, expected text",)),
+        "content_int_list": Bad("data.parquet", _parquet({"messages": [[{"role": "user", "content": [1, 2]},
+                                                                        {"role": "assistant", "content": [3]}]]}),
+                                ("row 1", "field 'messages'"), ("messages[0] (user): content is a list",)),
+        "no_rows": Bad("data.parquet", _parquet(pl.DataFrame(schema={"prompt": pl.String, "completion": pl.String})), (),
+                       ("no records",)),
+        "not_parquet": Bad("data.parquet", b"PAR1 this is not parquet", (), ("not a readable Parquet file",)),
+        "truncated": Bad("data.parquet", _parquet([PC, PC])[:-20], (), ("not a readable Parquet file",)),
+        "third_row_null_prompt": Bad("data.parquet", _parquet([PC, PC, {"prompt": None, "completion": "x"}]),
+                                     ("row 3", "field 'prompt'"), ("no value",)),
+    }
+
+
+def _option_cases() -> dict[str, Bad]:
+    csv_ok = b"text,label\nhello,billing\n"
+    g = _lines(PC)
+    return {
+        "delimiter_two_chars": Bad("data.csv", csv_ok, ("field 'delimiter'",), ("one character",), ("--delimiter", ";;")),
+        "delimiter_quote": Bad("data.csv", csv_ok, ("field 'delimiter'",), ("one character",), ("--delimiter", '"')),
+        "wrong_delimiter_given": Bad("data.csv", csv_ok, ("line 1",), ("--delimiter ','",), ("--delimiter", ";")),
+        "encoding_unknown": Bad("data.csv", csv_ok, ("field 'encoding'",), ("unknown encoding 'klingon'",),
+                                ("--encoding", "klingon")),
+        "encoding_does_not_fit": Bad("data.csv", b"text,label\nok,a\ncaf\xc3\xa9,b\n", ("line 3",), ("not valid ascii",),
+                                     ("--encoding", "ascii")),
+        "encoding_utf16_bad_row": Bad("data.jsonl", (g.decode() + '{"prompt": "q"}\n').encode("utf-16"),
+                                      ("line 2", "field 'completion'"), ("no value",), ("--encoding", "utf-16")),
+        "encoding_latin1_bad_row": Bad("data.csv", "text,label\ncafé,\n".encode("latin-1"), ("line 2", "field 'label'"),
+                                       ("no value",), ("--encoding", "latin-1")),
+        "encoding_sig_bad_json": Bad("data.jsonl", codecs.BOM_UTF8 + g + b"{oops\n", ("line 2",), ("invalid JSON",),
+                                     ("--encoding", "utf-8-sig")),
+        "bad_map_pair": Bad("data.csv", csv_ok, (), ("bad mapping 'textbody': expected FIELD=COLUMN",), ("--map", "textbody"),
+                            names="--map"),
+        "map_to_missing_column": Bad("data.csv", csv_ok, ("field 'text'",), ("'body'", "not in the input"),
+                                     ("--map", "text=body", "--layout", "text_label")),
+        "layout_missing_column": Bad("data.csv", csv_ok, ("field 'prompt'",), ("missing column 'prompt'",),
+                                     ("--layout", "prompt_completion")),
+        "unknown_suffix": Bad("data.xml", b"<a/>", (), ("unknown file type '.xml'",)),
+        "no_suffix": Bad("data", b"{}", (), ("unknown file type ''",)),
+        "empty_jsonl": Bad("data.jsonl", b"", (), ("the file is empty",)),
+        "empty_tsv": Bad("data.tsv", b"", (), ("the file is empty",)),
+        "empty_parquet": Bad("data.parquet", b"", (), ("the file is empty",)),
+        "header_only_tsv": Bad("data.tsv", b"text\tlabel\n", (), ("no records",)),
+        "no_known_layout_csv": Bad("data.csv", b"question,answer\nq,a\n", (), ("no known layout", "--map FIELD=COLUMN")),
+    }
+
+
+def _output_cases() -> dict[str, Bad]:
+    g = _lines(PC)
+    return {
+        "output_parent_is_a_file": Bad("data.jsonl", g, (), ("is a file, not a folder",), ("-o", "{out}/afile/x.parquet"),
+                                       names="afile"),
+        "output_suffix_csv": Bad("data.jsonl", g, (), ("cannot write '.csv' files",), ("-o", "{out}/x.csv"), names="x.csv"),
+        "output_is_the_input": Bad("data.jsonl", g, (), ("is also an input",), ("-o", "{in}"), names="data.jsonl"),
+    }
+
+
+def _block_cases() -> dict[str, Bad]:
+    """Files larger than a block (set small here), bad in a late block: the block reader names the exact line."""
+    env = (("SMALLSET_JSONL_BLOCK_BYTES", "400"),)
+    rows = [json.dumps({"messages": _turns(("user", f"question {i}"), ("assistant", f"answer {i}"))}).encode()
+            for i in range(60)]
+
+    def late(bad: bytes) -> bytes:
+        return b"\n".join(rows[:45] + [bad] + rows[45:]) + b"\n"
+
+    return {
+        f"late_{name}": Bad("data.jsonl", late(bad), ("line 46",) + ((f"field '{fld}'",) if fld else ()), (says,), env=env)
+        for name, bad, fld, says in [
+            ("duplicate_key", b'{"messages": [], "messages": []}', "messages", "appears twice"),
+            ("nan", b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "x": NaN}',
+             "x", "NaN"),
+            ("content_list", b'{"messages": [{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]}',
+             "messages", "content is a list"),
+            ("label_list", b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], '
+                           b'"label": ["x"]}', "label", "a list"),
+            ("messages_string", b'{"messages": "hello"}', "messages", "expected a list of turns"),
+            ("empty_user", b'{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "b"}]}',
+             "messages", "(user) is empty"),
+            ("prompt_layout", json.dumps(PC).encode(), None, "'prompt_completion' layout"),
+            ("malformed", b'{"messages": [', None, "invalid JSON"),
+            ("deep", b'{"messages": ' + DEEP + b"}", None, "nested too deeply"),
+        ]
+    }
+
+
+CATALOGUE: dict[str, Bad] = {
+    **_row_cases(), **_alone_cases(), **_json_level_cases(), **{f"csv_{k}": v for k, v in _csv_cases().items()},
+    **_jsonl_file_cases(), **{f"parquet_{k}": v for k, v in _parquet_cases().items()},
+    **{f"option_{k}": v for k, v in _option_cases().items()}, **_output_cases(), **_block_cases(),
+}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_the_catalogue_is_large():
+    assert len(CATALOGUE) >= 150
+
+
+def _ingest_args(case: Bad, src: Path, out: Path) -> list[str]:
+    args = [a.replace("{out}", str(out)).replace("{in}", str(src)) for a in case.args]
+    return ["ingest", str(src), *([] if "-o" in args else ["-o", str(out / "clean.parquet")]), *args]
+
+
+@pytest.mark.parametrize("name", CATALOGUE)
+def test_catalogue(tmp_path, name):
+    case = CATALOGUE[name]
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    src = tmp_path / "in" / case.file
+    src.write_bytes(case.data)
+    if case.names == "afile":
+        (out / "afile").write_bytes(b"a file, not a folder")
+    before = _digest(tmp_path)
+    result = CliRunner().invoke(main, _ingest_args(case, src, out), env=dict(case.env))
+    text = result.output  # stdout and stderr
+    assert result.exit_code == INPUT_ERROR_EXIT, text
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in text
+    message = _one_line(text)
+    assert (case.names or case.file) in message, message
+    for part in case.where + case.says:
+        assert part in message, message
+    assert _digest(tmp_path) == before  # the input unchanged; no output, manifest, rejects or temp file

@@ -512,6 +512,14 @@ def _late_lines(tmp_path, late: dict[int, bytes | dict], rows: int = 200):
     (b"null\n", "expected a JSON object"),  # pyarrow alone would read these three as rows
     (b'{"topic": "a"} {"topic": "b"}\n', "invalid JSON"),
     (b'{"topic": "a", \n', "invalid JSON"),
+    (b'{"messages": [], "topic": "a", "topic": "b"}\n', "the key 'topic' appears twice"),  # polars keeps one silently
+    (b'{"messages": [], "difficulty": NaN}\n', "NaN is not JSON"),
+    (b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}\n", "nested too deeply"),
+    (b'{"messages": [{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]}\n',
+     r"messages\[0\] \(user\): content is a list"),  # polars would read the list as the text '["a"]'
+    (b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "label": ["x"]}\n',
+     "a list, expected text"),
+    (b'{"messages": "hello"}\n', "expected a list of turns, found the text 'hello'"),
 ])
 def test_a_bad_line_in_a_late_block_is_named_exactly(tmp_path, monkeypatch, bad, reason):
     path = _late_lines(tmp_path, {187: bad})
@@ -535,6 +543,30 @@ def test_skip_rejects_exactly_the_bad_lines_of_late_blocks(tmp_path, monkeypatch
     blocks = _in_blocks(monkeypatch, path, on_error="skip")
     _assert_same(blocks, _whole(monkeypatch, path, on_error="skip"))
     assert [(r.line, r.field) for r in blocks.rejects] == [(95, None), (150, "messages"), (151, None), (190, None), (199, "messages")]
+    assert blocks.rows_in == 200 and blocks.records.height == 195
+
+
+def test_skip_rejects_what_polars_would_read_silently(tmp_path, monkeypatch):
+    """Lines polars reads without complaint, but wrongly: each is a reject with its line and field, in blocks as whole."""
+    def changed(i: int, **fields) -> dict:  # the row of line i, its keys in the same order (no schema drift)
+        return {**_row(i), **fields}
+
+    def user(i: int, content) -> list[dict]:
+        return [{"role": "user", "content": content}, *changed(i)["messages"][-1:]]
+
+    late = {
+        61: _lines([_row(61)]).replace(b'"topic": ', b'"topic": "first", "topic": ', 1),
+        122: _lines([_row(122)]).replace(b'"difficulty": 2', b'"difficulty": Infinity'),
+        121: changed(121, messages=user(121, [{"type": "text", "text": "q"}])),
+        173: changed(173, label=["x", "y"]),  # beside 172, whose label is text: the block reads it as text
+        185: changed(185, messages=user(185, " ")),
+    }
+    path = _late_lines(tmp_path, late)
+    blocks = _in_blocks(monkeypatch, path, on_error="skip")
+    _assert_same(blocks, _whole(monkeypatch, path, on_error="skip"))
+    assert [(r.line, r.field) for r in blocks.rejects] == [
+        (61, "topic"), (121, "messages"), (122, "difficulty"), (173, "label"), (185, "messages")]
+    assert "join the parts' text" in blocks.rejects[1].reason and blocks.rejects[4].reason == "messages[0] (user) is empty"
     assert blocks.rows_in == 200 and blocks.records.height == 195
 
 
@@ -641,3 +673,101 @@ def test_skipped_lines_with_schema_drift_read_like_the_whole_file(tmp_path, monk
     _assert_same(result, _whole(monkeypatch, path, on_error="skip"))
     assert [r.line for r in result.rejects] == [41]
     assert _meta(result.records)[-1]["reviewer"] == "ann" and _meta(result.records)[0]["reviewer"] is None
+
+
+# -- what the fast path must not read silently, and what it still reads ---------------
+
+
+@pytest.mark.parametrize("data,confirmed", [
+    (b'{"a": "x", "b": 1}\n{"a": "y", "b": 2}\n', True),
+    (b'{"a": "x", "a": "y"}\n', False),  # polars keeps the first "a"
+    (b'{"a": "x"}\n{"a": ["y"]}\n', False),  # polars reads the list as the text '["y"]'
+    (b'{"m": [{"c": "x"}, {"c": {"k": 1}}]}\n', False),
+    (b'{"a": "x"}\n\n{"a": "y"}\n', True),  # blank lines are no reason to look closer
+])
+def test_pyarrow_confirms_only_what_polars_reads_faithfully(data, confirmed):
+    schema = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None).schema
+    assert readers._confirmed(data, schema) is confirmed
+
+
+def test_a_column_of_numbers_and_text_still_reads_as_text(tmp_path):
+    """Not confirmed by pyarrow (a number where text is), checked line by line, and read as before."""
+    path = write_jsonl(tmp_path / "mixed.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": "two"},
+                                                  {"text": "c", "label": 3.5, "ticket": ["x", "y"]}])
+    df = _read(path)
+    assert df["label"].to_list() == ["1", "two", "3.5"]
+    assert _meta(df)[2]["ticket"] == ["x", "y"]
+
+
+def test_a_text_meta_column_that_holds_lists_in_some_rows_is_kept(tmp_path):
+    """Columns no field uses keep what polars read, lists written as JSON: only a field's value must be text."""
+    path = write_jsonl(tmp_path / "m.jsonl", [{**ROWS[0], "tags": "one"}, {**ROWS[1], "tags": ["a", "b"]}])
+    assert [m["tags"] for m in _meta(_read(path))] == ["one", '["a", "b"]']
+
+
+def test_the_first_row_decides_the_layout_of_a_file_with_two(tmp_path):
+    rows = [{"text": "a", "label": "x", "prompt": None}, {"text": "b", "label": "y", "prompt": "not a layout here"}]
+    assert _read(write_jsonl(tmp_path / "tl.jsonl", rows))["label"].to_list() == ["x", "y"]
+    both = [{"prompt": "p", "completion": "c", "messages": chat("m", "n")}]  # both whole in one row: detection order
+    assert _read(write_jsonl(tmp_path / "both.jsonl", both))["messages"].to_list() == [chat("m", "n")]
+
+
+def test_turns_as_json_text_in_a_csv_cell(tmp_path):
+    path = tmp_path / "chats.csv"
+    path.write_text('messages,label\n"[{""role"": ""user"", ""content"": ""hi""}, '
+                    '{""role"": ""assistant"", ""content"": ""hello""}]",greet\n', encoding="utf-8")
+    df = _read(path)
+    assert df["messages"].to_list() == [chat("hi", "hello")] and df["label"].to_list() == ["greet"]
+
+
+@pytest.mark.parametrize("delimiter,given", [(";", ";"), ("|", "|"), ("\t", "tab"), ("\t", "\\t")])
+def test_a_delimiter_given(tmp_path, delimiter, given):
+    path = tmp_path / "data.csv"
+    _write_csv(path, ["prompt", "completion", "label"], [list(r.values()) for r in ROWS], sep=delimiter)
+    assert _read(path, delimiter=given)["messages"].to_list() == EXPECTED_MESSAGES
+
+
+def test_a_semicolon_csv_with_commas_in_its_cells(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("text;label\nhello, world;greet\n", encoding="utf-8")
+    assert _read(path, delimiter=";")["messages"].to_list() == [chat("hello, world", "greet")]
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "utf-16", "utf-8-sig"])
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv"])
+def test_an_encoding_given(tmp_path, encoding, fmt):
+    rows = [{"text": "café crème", "label": "fr"}, {"text": "naïve", "label": "fr"}]
+    text = {"jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+            "json": json.dumps(rows, ensure_ascii=False),
+            "csv": "text,label\ncafé crème,fr\nnaïve,fr\n"}[fmt]
+    path = tmp_path / f"data.{fmt}"
+    path.write_bytes(text.encode(encoding))
+    result = read_records(path, encoding=encoding)
+    assert result.records["messages"].to_list() == [chat("café crème", "fr"), chat("naïve", "fr")]
+    assert result.records["source"].to_list() == ["data", "data"]  # the file's own name, not the decoded copy's
+
+
+def test_an_encoding_keeps_line_numbers_and_the_file_name_in_rejects(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes('{"text": "é", "label": "a"}\nnope\n{"text": "ü", "label": "b"}\n'.encode("utf-16"))
+    result = read_records(path, encoding="utf-16", on_error="skip")
+    assert [(r.file, r.line) for r in result.rejects] == [(str(path), 2)]
+    assert result.records.height == 2
+
+
+def test_a_utf8_bom_is_read_in_a_csv(tmp_path):
+    """Spreadsheets write one; polars' CSV reader drops it, so CSV needs no --encoding for it."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbftext,label\nhello,greet\n")
+    assert _read(path)["label"].to_list() == ["greet"]
+
+
+def test_skip_on_a_broken_csv_keeps_the_good_records(tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_bytes(b'text,label\nok one,a\nx,y,z\nok two,b\na,"b"c\nok three,c\nq,b"d\n"multi\nline",e\n"open,f\nrest,g\n')
+    result = read_records(path, on_error="skip")
+    assert result.records["label"].to_list() == ["a", "b", "c", "e"]
+    assert [r.line for r in result.rejects] == [3, 5, 7, 10]
+    assert "3 fields where the header has 2" in result.rejects[0].reason
+    assert "never closes" in result.rejects[3].reason
+    assert result.rows_in == 8
