@@ -1,12 +1,15 @@
 """Atomic writes: a reader sees the old file or the new one, never half of one.
 
 Everything is written to a temporary file in the destination's folder (same file
-system, so `os.replace` is atomic), flushed and fsynced, then renamed.
+system, so `os.replace` is atomic), flushed and fsynced, then renamed. The temporary's
+name carries the writer's process id, so that the next write of the same destination
+removes what a killed writer (kill -9) left behind, and never a live writer's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -26,7 +29,8 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
     dest = Path(dest)
     _check_parents(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    remove_stale_temporaries(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
     target = tmp / (dest.name + suffix)
     try:
         yield target
@@ -35,7 +39,7 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
                 os.fsync(fh.fileno())
         if dest.is_dir() and not dest.is_symlink() and target.is_dir():
             # os.replace cannot replace a non-empty folder: move the old one aside first.
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".old", dir=dest.parent))
             os.replace(dest, old / "x")
             os.replace(target, dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -44,6 +48,28 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
         _fsync_dir(dest.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(dest: Path) -> list[Path]:
+    """Remove the temporaries of `dest` whose writer is gone (killed mid-write); return what was removed."""
+    removed = []
+    for leftover in dest.parent.glob(f".{glob.escape(dest.name)}.*"):
+        pid = leftover.name[len(dest.name) + 2:].split(".", 1)[0]
+        if not (leftover.suffix in (".tmp", ".old") and pid.isdigit()) or _alive(int(pid)):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _check_parents(dest: Path) -> None:

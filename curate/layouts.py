@@ -591,16 +591,17 @@ def _chat_list(raw: pl.DataFrame, column: str, path) -> pl.Expr:
     if not isinstance(inner, pl.Struct):
         raise InputError(path, f"column '{column}' must hold a list of turns, found {dtype}", field=column)
     names = {f.name for f in inner.fields}
-    role_key = "role" if "role" in names else "from" if "from" in names else None
-    content_key = "content" if "content" in names else "value" if "value" in names else None
-    if role_key is None or content_key is None:
+    role_keys = [k for k in _TURN_KEYS[0] if k in names]
+    content_keys = [k for k in _TURN_KEYS[1] if k in names]
+    if not role_keys or not content_keys:
         raise InputError(path, f"turns in column '{column}' need role/content (or from/value) keys, found {sorted(names)}", field=column)
     el = pl.element().struct
+
+    def either(keys: list[str]) -> pl.Expr:  # JSON text decodes to both keys: a turn has the one it wrote
+        return pl.coalesce([el.field(k).cast(pl.String) for k in keys])
+
     return col.list.eval(
-        pl.struct(
-            el.field(role_key).cast(pl.String).replace(ROLE_ALIASES).alias("role"),
-            el.field(content_key).cast(pl.String).alias("content"),
-        )
+        pl.struct(either(role_keys).replace(ROLE_ALIASES).alias("role"), either(content_keys).alias("content"))
     )
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import polars as pl
 
 from curate.drops import drops_path, read_drops
-from curate.manifest import manifest_path, read_manifest
+from curate.errors import InputError
+from curate.manifest import content_hash, manifest_path, read_manifest
 
 
 @dataclass
@@ -48,10 +49,21 @@ def steps(output: str | Path) -> list[Step]:
         manifest = read_manifest(current)
         if not any(Path(o["path"]).name == current.name for o in manifest.get("outputs", [])):
             continue  # a sibling's manifest (raw.jsonl beside raw.parquet), not this file's
+        _check_unit(current, manifest)
         inputs = [_resolve(current, i["path"]) for i in manifest.get("inputs", [])]
         chain.append(Step(manifest["command"], current, inputs, manifest))
         todo.extend(reversed(inputs))
     return list(reversed(chain))
+
+
+def _check_unit(output: Path, manifest: dict[str, Any]) -> None:
+    """An output, its drops and its manifest are one unit: refuse a mix of two runs (a run killed between
+    writing its files, or a file replaced by hand), since the story it tells would be wrong."""
+    for entry in manifest.get("outputs", []):
+        path = output.parent / Path(entry["path"]).name
+        if entry.get("hash") and path.exists() and content_hash(path) != entry["hash"]:
+            raise InputError(path, f"does not match its manifest {manifest_path(output).name} (a run was interrupted "
+                                   "between writing them, or the file was replaced): run the command again")
 
 
 def _resolve(output: Path, recorded: str) -> Path:

@@ -42,4 +42,72 @@ def die_with_parent(sig: int = signal.SIGTERM, *, parent: int | None = None) -> 
     return armed
 
 
-__all__ = ["die_with_parent"]
+GUARD_ENV = "SMALLSET_GUARD"
+"""Set in the environment of a guarded process and so inherited by every descendant it starts."""
+
+_WATCHDOG = r"""
+import os, signal, sys, time
+token = sys.argv[1]
+def marked():
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if token.encode() in fh.read().split(b"\0"):
+                    yield int(entry)
+        except OSError:
+            continue
+def reap(signum, frame):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in list(marked()):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(True for _ in marked()):
+            time.sleep(0.1)
+    os._exit(0)
+signal.signal(signal.SIGTERM, reap)
+sys.stdout.write("armed\n"); sys.stdout.flush()
+while True:
+    signal.pause()
+"""
+
+
+def guard_descendants() -> bool:
+    """Make every process this one starts from now on die with it, even those a library starts itself.
+
+    vLLM's engine core and workers are spawned by vLLM, out of reach of `die_with_parent`; after
+    a SIGKILL of the command they would keep gigabytes and a port. So this marks the environment
+    (inherited by all descendants) and starts a watchdog that the kernel signals when this process
+    dies (`die_with_parent`); the watchdog then stops every process carrying the mark. Once per
+    process; returns False where there is no /proc or parent-death signal (not Linux).
+    """
+    global _guard
+    if _guard is not None:
+        return True
+    if _prctl is None or not os.path.isdir("/proc"):
+        return False
+    import functools
+    import subprocess
+    import sys
+    import uuid
+
+    token = f"{GUARD_ENV}={os.getpid()}-{uuid.uuid4().hex}"
+    os.environ[GUARD_ENV] = token.split("=", 1)[1]
+    watchdog = subprocess.Popen(
+        [sys.executable, "-I", "-c", _WATCHDOG, token], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != GUARD_ENV},  # the watchdog is not one of the marked
+        preexec_fn=functools.partial(die_with_parent, signal.SIGTERM, parent=os.getpid()),
+    )
+    watchdog.stdout.readline()  # its handler is installed: from here on the guard holds
+    _guard = watchdog
+    return True
+
+
+_guard = None
+
+__all__ = ["GUARD_ENV", "die_with_parent", "guard_descendants"]

@@ -420,39 +420,62 @@ def _scan_jsonl_lines(
     return good, lines, rejects
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: str) -> None:
-        self.key = key
+_BOMS = {codecs.BOM_UTF8: "utf-8-sig", codecs.BOM_UTF16_LE: "utf-16", codecs.BOM_UTF16_BE: "utf-16"}
 
 
-class _NotJson(Exception):
+class _Object(dict):
+    """A JSON object that knows whether a key was given twice in it (`twice`: the first such key)."""
+
+    twice: str | None = None
+
+
+class _Constant:
+    """NaN, Infinity or -Infinity where they stood: not JSON, though Python's module reads them."""
+
     def __init__(self, name: str) -> None:
         self.name = name
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """An object, refusing a key given twice (the JSON module would keep the last value, polars the first)."""
-    obj = dict(pairs)
+def _marking_pairs(pairs: list[tuple[str, object]]) -> _Object:
+    obj = _Object(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
+        obj.twice = next(k for k, _ in pairs if k in seen or seen.add(k))
     return obj
 
 
-def _not_json(name: str):
-    raise _NotJson(name)
+# Python's JSON module, strict where it is lenient (NaN, Infinity, a key given twice): what it
+# would take is marked instead, so that `_marked` can say which record (and key) holds it.
+_MARKING_JSON = json.JSONDecoder(object_pairs_hook=_marking_pairs, parse_constant=_Constant)
 
 
-# The slow path's JSON: strict where `json.loads` is lenient (NaN, Infinity, repeated keys).
-_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_not_json)
-_KEY_BEFORE = r'"((?:[^"\\]|\\.)*)"\s*:\s*'
-_BOMS = {codecs.BOM_UTF8: "utf-8-sig", codecs.BOM_UTF16_LE: "utf-16", codecs.BOM_UTF16_BE: "utf-16"}
+def _marked(value) -> tuple[str | None, str] | None:
+    """The first key given twice, or the first NaN/Infinity, in a value read by `_MARKING_JSON`: (field, reason)."""
+    try:
+        return _first_mark(value, None)
+    except RecursionError:  # the decoder had a little more stack to spare
+        return None, _TOO_DEEP
 
 
-# Python's JSON module recurses once per level; it stops near its recursion limit (1,000).
+def _first_mark(value, key: str | None) -> tuple[str | None, str] | None:
+    if isinstance(value, _Constant):
+        return key, _constant_reason(value.name)
+    if isinstance(value, dict):
+        if getattr(value, "twice", None) is not None:
+            return value.twice, _twice_reason(value.twice)
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((key, v) for v in value)
+    else:
+        return None
+    for k, v in items:
+        found = _first_mark(v, k)
+        if found is not None:
+            return found
+    return None
+
+
+# The JSON module recurses once per level; it stops near Python's recursion limit (1,000).
 _MAX_DEPTH = 900
 _TOO_DEEP = f"nested too deeply to read (lists or objects inside each other, over about {_MAX_DEPTH} levels)"
 
@@ -479,22 +502,17 @@ def _jsonl_line_problem(raw: bytes, lineno: int = 0) -> tuple[str | None, str] |
     except UnicodeDecodeError as exc:
         return None, f"invalid UTF-8 at byte {exc.start} of the line (another encoding? pass --encoding)"
     try:
-        value = _STRICT_JSON.decode(text)
+        value = _MARKING_JSON.decode(text)
     except json.JSONDecodeError as exc:
         reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
         if "\r" in text:
             reason += "; a lone carriage return (\\r) ends a line here: JSON Lines end lines with \\n"
         return None, reason
-    except _DuplicateKey as exc:
-        return exc.key, _twice_reason(exc.key)
-    except _NotJson as exc:
-        key = re.search(_KEY_BEFORE + re.escape(exc.name), text)
-        return (key.group(1) if key else None), _constant_reason(exc.name)
     except RecursionError:
         return None, _TOO_DEEP
     if not isinstance(value, dict):
         return None, f"expected a JSON object, found {type(value).__name__}"
-    return None
+    return _marked(value)
 
 
 def _lazy_line_index(path: Path) -> Callable[[int], int]:
@@ -953,51 +971,6 @@ def _read_json(path: Path, on_error: OnError) -> _Raw:
     if table is None:
         return _Raw(pl.DataFrame(), lambda i: index[i], "record", rejects)
     return _Raw(table, lambda i: index[i], "record", rejects, _coerced(good, table.schema))
-
-
-class _Object(dict):
-    """A JSON object that knows whether a key was given twice in it (`twice`: the first such key)."""
-
-    twice: str | None = None
-
-
-class _Constant:
-    """NaN, Infinity or -Infinity where they stood: not JSON, though Python's module reads them."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-def _marking_pairs(pairs: list[tuple[str, object]]) -> _Object:
-    obj = _Object(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        obj.twice = next(k for k, _ in pairs if k in seen or seen.add(k))
-    return obj
-
-
-# A whole JSON document at once: what `_STRICT_JSON` refuses is marked instead, so that
-# `_marked` can say which record holds it.
-_MARKING_JSON = json.JSONDecoder(object_pairs_hook=_marking_pairs, parse_constant=_Constant)
-
-
-def _marked(value, key: str | None = None) -> tuple[str | None, str] | None:
-    """The first key given twice, or the first NaN/Infinity, in a value read by `_MARKING_JSON`: (field, reason)."""
-    if isinstance(value, _Constant):
-        return key, _constant_reason(value.name)
-    if isinstance(value, dict):
-        if getattr(value, "twice", None) is not None:
-            return value.twice, _twice_reason(value.twice)
-        items = value.items()
-    elif isinstance(value, list):
-        items = ((key, v) for v in value)
-    else:
-        return None
-    for k, v in items:
-        found = _marked(v, k)
-        if found is not None:
-            return found
-    return None
 
 
 def _deep_line(text: str) -> int | None:

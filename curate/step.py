@@ -92,6 +92,16 @@ def parameters(config: Any) -> dict[str, Any]:
     return {opt.key(f.name): jsonable(getattr(config, f.name)) for f, opt in options(type(config))}
 
 
+def side_inputs(config: Any) -> list[Path]:
+    """The files the options name (`dataset=True`): a step's output may not be one of them."""
+    found = []
+    for f, opt in options(type(config)):
+        value = getattr(config, f.name)
+        if opt.dataset and value:
+            found += [Path(v) for v in value] if isinstance(value, (list, tuple)) else [Path(value)]
+    return found
+
+
 @dataclass
 class StepResult:
     """What a step returns: the rows it keeps, one drops row per row it removed, and what to report."""

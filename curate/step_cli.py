@@ -22,7 +22,7 @@ from curate.drops import write_drops
 from curate.errors import InputError
 from curate.manifest import Manifest
 from curate.readers import read_records
-from curate.step import _UNSET, Step, StepResult, options, parameters
+from curate.step import _UNSET, Step, StepResult, options, parameters, side_inputs
 from curate.writers import check_output, write_records
 
 
@@ -94,7 +94,7 @@ def build_config(step_class: type[Step], values: dict[str, Any]) -> Any:
 
 def run_step(step: Step, input: Path, output: Path, *, command: str | None = None) -> StepResult:
     """Read INPUT, run the step, write OUTPUT, its drops and its manifest; say what happened."""
-    check_output(output, inputs=[input])
+    check_output(output, inputs=[input, *side_inputs(step.config)])
     manifest = Manifest(command or f"curate {step.name}", parameters=parameters(step.config))
     manifest.models += step.models()
 

@@ -56,15 +56,11 @@ class Stage:
 
 
 def digest(path: Path) -> str:
-    """Content hash of a file, or of every file in a folder (names and contents)."""
+    """Content hash of a file, or of every file in a folder (names and contents; a trainer's checkpoints left out)."""
     path = Path(path)
-    if path.is_dir():
-        h = hashlib.blake2b(digest_size=16)
-        for f in sorted(p for p in path.rglob("*") if p.is_file() and "checkpoints" not in p.parts):
-            h.update(str(f.relative_to(path)).encode())
-            h.update(content_hash(f).encode())
-        return h.hexdigest()
-    return content_hash(path) if path.exists() else "missing"
+    if not path.exists():
+        return "missing"
+    return content_hash(path, skip=lambda relative: "checkpoints" in relative.parts)
 
 
 def _commands() -> dict[str, click.Command]:

@@ -210,6 +210,46 @@ def test_die_with_parent_arms_the_signal_here():
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
 
 
+def test_a_guarded_process_takes_the_processes_a_library_started_with_it_when_sigkilled():
+    """vLLM spawns its engine core itself, in its own way: here a grandchild in its own session, which no
+    parent-death signal of ours reaches. The guard's watchdog stops it when the guarded process is killed."""
+    parent = python("""
+        import subprocess, sys, time
+        from curate.processes import guard_descendants
+        assert guard_descendants()
+        lib = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        print(lib.pid, flush=True)
+        time.sleep(600)
+    """)
+    spawned = int(parent.stdout.readline())
+    try:
+        assert not gone(spawned)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(DEADLINE_S)
+        wait_for(lambda: gone(spawned), "the watchdog to stop what the killed process had started")
+    finally:
+        if not gone(spawned):
+            os.kill(spawned, signal.SIGKILL)
+
+
+def test_an_unguarded_library_child_outlives_a_sigkill():
+    """The control: without the guard the same grandchild is orphaned and keeps running."""
+    parent = python("""
+        import subprocess, sys, time
+        lib = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        print(lib.pid, flush=True)
+        time.sleep(600)
+    """)
+    spawned = int(parent.stdout.readline())
+    try:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(DEADLINE_S)
+        time.sleep(1)
+        assert not gone(spawned)
+    finally:
+        os.kill(spawned, signal.SIGKILL)
+
+
 # --------------------------------------------------------------------------- the file hasher
 
 

@@ -720,6 +720,14 @@ def test_turns_as_json_text_in_a_csv_cell(tmp_path):
     assert df["messages"].to_list() == [chat("hi", "hello")] and df["label"].to_list() == ["greet"]
 
 
+def test_sharegpt_turns_as_json_text_in_a_csv_cell(tmp_path):
+    """JSON text decodes to every key a turn may have: each turn takes the role (or from) and content (or value) it wrote."""
+    path = tmp_path / "sg.csv"
+    path.write_text('conversations\n"[{""from"": ""human"", ""value"": ""hi""}, {""from"": ""gpt"", ""value"": ""yo""}]"\n',
+                    encoding="utf-8")
+    assert _read(path)["messages"].to_list() == [chat("hi", "yo")]
+
+
 @pytest.mark.parametrize("delimiter,given", [(";", ";"), ("|", "|"), ("\t", "tab"), ("\t", "\\t")])
 def test_a_delimiter_given(tmp_path, delimiter, given):
     path = tmp_path / "data.csv"

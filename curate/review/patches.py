@@ -12,6 +12,10 @@ to re-read:
 * the entry points the launcher calls (the app factory, migrations, the worker, user
   creation, Argilla's CLI), behind the same version check (`require_version`).
 
+`search_engine.py` is not a patch: it implements argilla-server's pluggable `SearchEngine`
+interface (an abstract class, which refuses an engine that lacks one of its methods), and
+the launcher loads it only after `require_version`.
+
 To port to a new argilla-server: read each function a failing patch names in the new
 release, port or drop the patch, set its `written_for`, and paste the new shapes that
 `python -P curate/review/patches.py shapes` prints (run it with the server venv's python).
