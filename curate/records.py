@@ -123,18 +123,13 @@ def problems(df: pl.DataFrame) -> pl.Series:
     """Per row, why it is not a valid record (null when it is).
 
     Checked: messages present and non-empty, every turn has a known role and a
-    content, no user turn is blank (there is nothing to answer; an empty assistant
-    turn is `curate filter`'s `empty_response`, a curation decision with its reason
-    code), and at least one assistant turn (the thing a student learns to say).
+    content, and at least one assistant turn (the thing a student learns to say).
     """
     element_role = pl.element().struct.field("role")
     element_content = pl.element().struct.field("content")
     msgs = pl.col("messages")
     bad_role = msgs.list.eval(element_role.is_null() | ~element_role.is_in(ROLES)).list.any()
     null_content = msgs.list.eval(element_content.is_null()).list.any()
-    # `^\s*$` fails at a text's first character that is not a space: no copy, no scan of the rest.
-    blank_user = msgs.list.eval((element_role == "user") & element_content.str.contains(r"^\s*$"))
-    first_blank = blank_user.list.arg_max()
     has_assistant = msgs.list.eval(element_role == "assistant").list.any()
     reason = (
         pl.when(msgs.is_null() | (msgs.list.len() == 0))
@@ -143,8 +138,6 @@ def problems(df: pl.DataFrame) -> pl.Series:
         .then(pl.lit("a message has a missing or unknown role (expected system, user or assistant)"))
         .when(null_content)
         .then(pl.lit("a message has no content"))
-        .when(blank_user.list.any())
-        .then(pl.format("messages[{}] (user) is empty", first_blank))
         .when(~has_assistant)
         .then(pl.lit("no assistant turn"))
         .otherwise(pl.lit(None, dtype=pl.String))

@@ -31,6 +31,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -366,6 +368,24 @@ def test_interrupted_push_finishes_without_duplicates(review):
     dataset = review.owner().datasets(name="resume", workspace="smallset")
     external = [record.id for record in dataset.records]
     assert sorted(external) == sorted(f"resume:{rid}" for rid in ids_of(data))  # 12, each once
+
+
+def test_concurrent_pushes_of_the_same_rows_both_succeed(review):
+    """Two pushes of one file at once race on the records' unique key; the loser must not fail (issue #17)."""
+    data = write_dataset(review.root / "race.parquet", make_rows(40, prefix="race"))
+    curate_bin = Path(sys.executable).parent / "curate"
+    for trial in range(4):
+        name = f"race-{trial}"
+        procs = [subprocess.Popen([str(curate_bin), "review", "push", str(data), "--name", name, "--no-vectors",
+                                   "--batch-size", "4", "--workspace", str(review.workspace)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.wait(300), *p.communicate()) for p in procs]
+        for code, out, err in results:
+            assert code == 0, f"trial {trial}: {err}"
+            assert "Traceback" not in err
+        dataset = review.owner().datasets(name=name, workspace="smallset")
+        external = [record.id for record in dataset.records]
+        assert sorted(external) == sorted(f"race:{rid}" for rid in ids_of(data)), trial  # each once
 
 
 def test_two_datasets_in_one_argilla_dataset_keep_their_records(review):

@@ -272,6 +272,14 @@ def test_answers_only_on_loopback(review):
             socket.create_connection((outward, review.port), timeout=2).close()
 
 
+def test_a_foreign_host_header_is_refused(review):
+    """DNS rebinding: a page of evil.example resolved to 127.0.0.1 sends its own name as Host."""
+    url = f"{review.url}/api/v1/version"
+    assert httpx.get(url, headers={"Host": f"evil.example:{review.port}"}).status_code == 400
+    assert httpx.get(url, headers={"Host": f"localhost:{review.port}"}).status_code == 200
+    assert httpx.get(url).status_code == 200  # 127.0.0.1, as every client here sends it
+
+
 def test_web_ui_is_served(review):
     page = httpx.get(review.url + "/", follow_redirects=True)
     assert page.status_code == 200 and "<title>Argilla</title>" in page.text

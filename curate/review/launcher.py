@@ -67,6 +67,26 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(host: str) -> list[str]:
+    """The Host headers the API answers: the names of the address it serves, plus SMALLSET_REVIEW_HOSTS.
+
+    A browser page on another site can reach a loopback server through DNS rebinding (its own
+    name, resolved to 127.0.0.1); such a request carries that foreign name as Host and is refused.
+    A server bound beyond loopback (`--host`) also answers this machine's own names; a reverse
+    proxy's name goes in SMALLSET_REVIEW_HOSTS (comma-separated).
+    """
+    import socket
+
+    names = list(LOOPBACK_NAMES)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        names += [host, socket.gethostname(), socket.getfqdn()]
+    names += [h.strip() for h in os.environ.get("SMALLSET_REVIEW_HOSTS", "").split(",") if h.strip()]
+    return sorted(set(names))
+
+
 def run_api(host: str, port: int, workers: int) -> None:
     """Serve the API and web UI from `workers` processes that share one listening socket.
 
@@ -82,8 +102,9 @@ def run_api(host: str, port: int, workers: int) -> None:
     import socket
 
     import uvicorn
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    app = patches.create_app()
+    app = TrustedHostMiddleware(patches.create_app(), allowed_hosts=allowed_hosts(host))
     freeze_startup_objects()
     listener = socket.create_server((host, port), backlog=2048)
     forked = []

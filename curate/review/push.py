@@ -12,6 +12,7 @@ its answer is upserted by id, never added twice.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 MAX_BATCH = 500  # Argilla's limit per bulk upsert
 IN_FLIGHT = 2  # batches sent and not yet answered: the server stores one while it reads the next
+SEND_ATTEMPTS = 4  # a batch that lost a race with a concurrent push of the same rows is sent again
 LIST_PAGE = 1000  # Argilla's limit per records page
 
 
@@ -103,16 +105,38 @@ def _embed(df: pl.DataFrame, embedder: str | None) -> list[list[float]]:
     return embed(texts, embedder, progress=False).tolist()
 
 
-def _create(conn: Connection, dataset: "rg.Dataset") -> None:
-    """Create and publish the dataset; a failed step removes what it left (a draft would block the next push)."""
+def _create(conn: Connection, dataset: "rg.Dataset") -> "rg.Dataset | None":
+    """Create and publish the dataset; a failed step removes what it left (a draft would block the next push).
+
+    When another push created it first (two pushes at once: 409), nothing is removed: that push's
+    dataset is returned once it is published, and this push adds its records to it. None: created here.
+    """
     try:
         dataset.create()
-    except BaseException:
+        return None
+    except BaseException as exc:
+        if getattr(exc, "status_code", None) == 409 or "ConflictError" in {c.__name__ for c in type(exc).__mro__}:
+            return _published(conn, dataset.name, dataset.workspace.name)
         with contextlib.suppress(Exception):
             left = conn.dataset(dataset.name, dataset.workspace.name)
             if left is not None:
                 left.delete()
         raise
+
+
+def _published(conn: Connection, name: str, workspace: str, timeout_s: float = 60.0) -> "rg.Dataset":
+    """The dataset another push is creating, once it takes records (published, not a draft)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = conn.dataset(name, workspace)
+        if found is not None:
+            status = conn.client.api.datasets.http_client.get(f"/api/v1/datasets/{found.id}").json().get("status")
+            if status == "ready":
+                return found
+        if time.monotonic() > deadline:
+            raise ReviewError(f"dataset {workspace}/{name} is still a draft after {timeout_s:.0f} s (a push that was "
+                              "creating it stopped?): delete it in Argilla's UI, then push again")
+        time.sleep(0.25)
 
 
 def _sent(future: Future, advance: Callable[[int], None] | None) -> int:
@@ -147,6 +171,8 @@ def push(
     with argilla_errors(conn.url):
         workspace = conn.workspace(options.argilla_workspace, create=True)
         dataset = conn.dataset(name, workspace.name)
+        if dataset is not None:  # another push may be creating it right now: wait until it is published
+            dataset = _published(conn, name, workspace.name)
         already = existing_ids(conn, dataset) if dataset is not None else set()
         ids = [external_id(key, rid) for rid in unique["id"].to_list()]
         new = unique.filter(pl.Series([i not in already for i in ids], dtype=pl.Boolean))
@@ -165,8 +191,11 @@ def push(
         if created:
             if new.height == 0:
                 raise ReviewError(f"no rows of {path} to push (routing {options.route.describe()} selected none)")
-            dataset = rg.Dataset(name=name, workspace=workspace, settings=build_settings(shape), client=conn.client)
-            _create(conn, dataset)
+            mine = rg.Dataset(name=name, workspace=workspace, settings=build_settings(shape), client=conn.client)
+            theirs = _create(conn, mine)  # another push's, when it created the dataset first
+            created = theirs is None
+            dataset = mine if created else theirs
+        if created:
             state = Reconciled(
                 fields={f.name for f in dataset.settings.fields},
                 questions={q.name for q in dataset.settings.questions},
@@ -208,9 +237,14 @@ def push(
         def send(models: list) -> int:
             # What the SDK's `records.bulk_upsert` sends; it would also parse the records the
             # server sends back into models, a fifth of this process's time, that nothing reads.
-            response = conn.client.api.records.http_client.put(
-                f"/api/v1/datasets/{dataset.id}/records/bulk", json={"items": [m.model_dump() for m in models]}
-            )
+            # A push of the same rows at the same time races on the records' unique key, and the
+            # loser's insert fails (500): the upsert is idempotent, so sending it again updates them.
+            items = {"items": [m.model_dump() for m in models]}
+            for attempt in range(SEND_ATTEMPTS):
+                response = conn.client.api.records.http_client.put(f"/api/v1/datasets/{dataset.id}/records/bulk", json=items)
+                if response.status_code < 500 or attempt == SEND_ATTEMPTS - 1:
+                    break
+                time.sleep(0.2 * (attempt + 1))
             response.raise_for_status()  # an HTTPStatusError, which `argilla_errors` explains
             return len(models)
 
