@@ -443,7 +443,8 @@ def _checked_types(
             checks.append((fld, pl.when(pl.col(col).is_not_null()).then(pl.lit(_not_text(kind, what)))))
             replace[col] = pl.lit(None, dtype=pl.String)
             continue
-        found = {i: _not_text(v.kind, what) for i, where in coerced.items() for v in where if v.column == col and v.item is None}
+        found = {i: _not_text(v.kind, what) for i, where in coerced.items()
+                 for v in where if v.column == col and v.item is None}
         if found:
             checks.append((fld, _scattered(raw.height, found)))
     # Evaluated on the values as read, before those that are not text are set to null.
@@ -484,7 +485,9 @@ def _checked_turns(
     for key, kind in bad.items():
         has = pl.col(col).list.eval(el.field(key).is_not_null())
         at = has.list.arg_max()
-        role = pl.col(col).list.get(at).struct.field(role_key).cast(pl.String) if role_key and role_key not in bad else pl.lit("?")
+        role = pl.lit("?")
+        if role_key and role_key not in bad:
+            role = pl.col(col).list.get(at).struct.field(role_key).cast(pl.String)
         reasons.append(pl.when(has.list.any()).then(
             pl.format(f"{fld}[{{}}] ({{}}): {_not_text(kind, key)}", at, role.fill_null("?"))))
     found = {i: v for i, where in coerced.items()
@@ -597,7 +600,7 @@ def _with_system(turns: list[pl.Expr], cols: dict[str, str]) -> pl.Expr:
 
 
 def _chat_list(raw: pl.DataFrame, column: str, path) -> pl.Expr:
-    """A list of {role, content} structs from a column of turns (chat or ShareGPT keys; text was decoded by `_checked_turns`)."""
+    """A list of {role, content} structs from a column of turns (chat or ShareGPT keys; `_checked_turns` decoded text)."""
     dtype = raw.schema[column]
     col = pl.col(column)
     inner = dtype.inner if isinstance(dtype, pl.List) else None

@@ -2,7 +2,13 @@
 
 Every reader produces a raw polars table, which `layouts.to_records` maps onto the
 record model. Well-formed files take a fast columnar path; only when that fails is
-a file scanned line by line, to name the exact line and field that are wrong.
+a file scanned line by line, to name the exact line and field that are wrong. For
+JSON the fast path must also be faithful: polars reads a key given twice (keeping
+one value) and a list where other rows have text (as the list's JSON) without a
+word, so pyarrow, which refuses both, confirms what polars read (`_confirmed`), and
+what it does not confirm is checked line by line. CSV that polars cannot read is
+read record by record with the csv module, to name the record, the delimiter found
+and how to pass another one.
 
 JSON Lines larger than one block go in blocks of whole lines (see `_read_jsonl_blocks`):
 worker threads parse blocks (pyarrow under the first block's schema, polars wherever
@@ -116,8 +122,6 @@ def read_records(
     if not path.exists():
         raise InputError(path, "no such file or folder")
     fmt = detect_format(path)
-    if fmt != "hf" and path.is_dir():
-        raise InputError(path, "is a folder, not a file")
     if fmt != "hf" and path.stat().st_size == 0:
         raise InputError(path, "the file is empty")
     if delimiter is not None:
@@ -493,7 +497,8 @@ def _jsonl_line_problem(raw: bytes, lineno: int = 0) -> tuple[str | None, str] |
     if lineno == 1:
         for bom, encoding in _BOMS.items():
             if raw.startswith(bom):
-                return None, f"the file starts with a {encoding.split('-sig')[0].upper()} byte-order mark; pass --encoding {encoding}"
+                name = encoding.removesuffix("-sig").upper()
+                return None, f"the file starts with a {name} byte-order mark; pass --encoding {encoding}"
     nul = raw.find(b"\x00")
     if nul >= 0:
         return None, f"a NUL byte at byte {nul} of the line: not UTF-8 text (UTF-16? pass --encoding utf-16)"
@@ -621,7 +626,9 @@ def _read_jsonl_blocks(path: Path, mapping: Mapping, source: str, on_error: OnEr
 
     Raises `_Fallback` where it cannot promise the whole-file result: a file of one
     block, a column-level mapping error (whose message names the whole file's
-    columns), skipped lines together with schema drift, a file with no rows.
+    columns), skipped lines together with schema drift, a file with no rows, a
+    block of good JSON lines that polars still cannot read, blocks whose first rows
+    hold different layouts (the file's first row decides).
     """
     block_bytes = _block_bytes()
     if path.stat().st_size <= block_bytes:

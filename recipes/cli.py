@@ -34,7 +34,9 @@ def _run_dir(recipe, run_dir: Path | None) -> Path:
               help="Folder for the stages' outputs and the report.  [default: runs/NAME]")
 @click.option("--from", "from_stage", metavar="STAGE", default=None,
               help="Run again from this stage on, even if it is done (e.g. --from train).")
-def run(recipe_file: Path, run_dir: Path | None, from_stage: str | None) -> None:
+@click.option("--until", "until_stage", metavar="STAGE", default=None,
+              help="Stop after this stage (e.g. --until select: the curated set, no training).")
+def run(recipe_file: Path, run_dir: Path | None, from_stage: str | None, until_stage: str | None) -> None:
     """Run RECIPE: every stage whose inputs changed, skipping the rest.
 
     Each stage is cached by a hash of its inputs and options: a rerun skips finished
@@ -46,6 +48,7 @@ def run(recipe_file: Path, run_dir: Path | None, from_stage: str | None) -> None
     Example:
       smallset run recipes/support_tickets.yaml
       smallset run recipes/support_tickets.yaml --from train
+      smallset run recipes/bring_your_own.yaml --until select
     """
     from recipes.runner import run_recipe
     from recipes.spec import load_recipe
@@ -53,14 +56,15 @@ def run(recipe_file: Path, run_dir: Path | None, from_stage: str | None) -> None
     recipe = load_recipe(recipe_file)
     folder = _run_dir(recipe, run_dir)
     try:
-        result = run_recipe(recipe, folder, from_stage=from_stage)
+        result = run_recipe(recipe, folder, from_stage=from_stage, until_stage=until_stage)
     except KeyboardInterrupt:
         console.print(f"interrupted; `smallset run {recipe_file}` resumes from the stage that was running")
         raise SystemExit(130) from None
     if result.status == "waiting":
         console.print(result.message)
         return
-    console.print(f"done: {len(result.ran)} stage(s) ran, {len(result.skipped)} skipped; report: {folder / 'report.html'}")
+    where = f"stopped after {until_stage}" if until_stage else f"report: {folder / 'report.html'}"
+    console.print(f"done: {len(result.ran)} stage(s) ran, {len(result.skipped)} skipped; {where}")
 
 
 @main.command()

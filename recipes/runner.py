@@ -79,14 +79,17 @@ def _locked(run_dir: Path) -> Iterator[None]:
         lock.release()
 
 
-def run_recipe(recipe: Recipe, run_dir: Path, *, from_stage: str | None = None,
+def run_recipe(recipe: Recipe, run_dir: Path, *, from_stage: str | None = None, until_stage: str | None = None,
                say: Callable[[str], None] | None = None) -> RunResult:
-    """Run every stage of `recipe` that is not already done with the same inputs."""
+    """Run every stage of `recipe` that is not already done with the same inputs (up to `until_stage`)."""
     say = say or (lambda m: console.print(m, highlight=False))
     stages = plan(recipe, run_dir)
     names = [s.name for s in stages]
-    if from_stage is not None and from_stage not in names:
-        raise RunError(f"--from {from_stage}: this recipe's stages are {', '.join(names)}")
+    for option, stage in (("--from", from_stage), ("--until", until_stage)):
+        if stage is not None and stage not in names:
+            raise RunError(f"{option} {stage}: this recipe's stages are {', '.join(names)}")
+    if until_stage is not None:
+        stages = stages[: names.index(until_stage) + 1]
     with _locked(run_dir):
         state = load_state(run_dir)
         state["recipe"] = str(recipe.path)

@@ -779,3 +779,12 @@ def test_skip_on_a_broken_csv_keeps_the_good_records(tmp_path):
     assert "3 fields where the header has 2" in result.rejects[0].reason
     assert "never closes" in result.rejects[3].reason
     assert result.rows_in == 8
+
+
+def test_a_blank_text_in_a_flat_layout_is_left_to_curation(tmp_path):
+    """Not an input error: `curate filter` drops it with a reason (the bundled help-desk export holds one)."""
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "  ", "label": "a"}, {"text": "fine", "label": "b"}])
+    assert _read(path)["messages"].to_list() == [chat("  ", "a"), chat("fine", "b")]
+    chats = write_jsonl(tmp_path / "c.jsonl", [{"messages": chat(" ", "a")}])
+    with pytest.raises(InputError, match=r"messages\[0\] \(user\) is empty"):
+        read_records(chats)
