@@ -126,7 +126,7 @@ def trial(recipe: Path, run_dir: Path, moment_s: float, reference: dict) -> dict
     deadline = time.monotonic() + 30
     while (left := leftovers(run_dir)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not left, f"processes of the killed run still alive 30 s later:\n" + "\n".join(left)
+    assert not left, "processes of the killed run still alive 30 s later:\n" + "\n".join(left)
     finish(recipe, run_dir)
     check_unit(run_dir)
     got = outputs(run_dir)

@@ -14,6 +14,7 @@ import polars as pl
 from curate import __version__
 from curate.atomic import sidecar
 from curate.console import SmallsetGroup, console
+from curate.engine_cli import EngineChoice, engine_options
 from curate.explain import explain as explain_row
 from curate.layouts import LAYOUTS, Mapping
 from curate.manifest import Manifest
@@ -109,8 +110,9 @@ def ingest(inputs: tuple[Path, ...], output: Path, layout: str | None, pairs: tu
 @click.option("--labels", help="Comma-separated allowed labels: the judge also labels each row and says if it agrees.")
 @click.option("--model", help="Judge model spec (default: packaged SmolLM2-135M-Instruct).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@engine_options
 def score(input: Path, output: Path, use_judge: bool, rubric: Path | None, labels: str | None, model: str | None,
-          batch_size: int) -> None:
+          batch_size: int, engine_choice: EngineChoice) -> None:
     """Score every row with an LLM judge from a rubric; scores become columns.
 
     Adds judge_<criterion> (1-5), judge_score (their mean) and judge_rationale; with
@@ -123,7 +125,6 @@ def score(input: Path, output: Path, use_judge: bool, rubric: Path | None, label
     import yaml
 
     from curate.judge import JudgeConfig, judge
-    from curate.llm import EngineConfig, LLMEngine
 
     try:
         config = JudgeConfig(rubric=yaml.safe_load(rubric.read_text()) if rubric else JudgeConfig().rubric,
@@ -137,8 +138,8 @@ def score(input: Path, output: Path, use_judge: bool, rubric: Path | None, label
     read = read_records(input)
     manifest.add_input(input, rows=read.rows_in)
     records = read.records
-    with console.status("starting the vLLM engine (about 30 s on CPU)"):
-        engine = LLMEngine(EngineConfig(model=model))
+    engine = engine_choice.open(model=model)
+    manifest.parameters["engine"] = engine_choice.describe(engine)
     manifest.models.append(engine.model.describe())
     with engine:
         scored = judge(records, engine, config)

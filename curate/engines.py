@@ -15,17 +15,16 @@ without their entry points, so an uninstalled checkout works.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from curate import plugins
 from curate.errors import SmallsetError
 
 if TYPE_CHECKING:
     from curate.llm import Generation, SamplingConfig
     from curate.models import ResolvedModel
 
-GROUP = "smallset.engines"
+GROUP = plugins.GROUPS["engines"]
 BUILTINS = {"vllm": "curate.llm:LLMEngine", "endpoint": "curate.llm:EndpointEngine"}
 CAPABILITIES = {
     "structured_output": "constrain a reply to a JSON schema",
@@ -101,16 +100,10 @@ def check_request(engine: Engine, *, json_schema: Any = None, choices: Any = Non
 
 def registered() -> dict[str, str]:
     """Engine name -> "module:attribute", the built-ins first, then every entry point in `smallset.engines`."""
-    found = dict(BUILTINS)
-    sources = {name: "built in" for name in BUILTINS}
-    for point in entry_points(group=GROUP):
-        where = f"{point.value} (from {point.dist.name if point.dist else 'an entry point'})"
-        if point.name in found and found[point.name] != point.value:
-            raise EngineNotFoundError(f"two engines are registered as {point.name!r}: {found[point.name]} "
-                                      f"({sources[point.name]}) and {where}; uninstall one")
-        found[point.name] = point.value
-        sources.setdefault(point.name, where)
-    return found
+    try:
+        return plugins.registered("engines", BUILTINS)
+    except plugins.PluginError as exc:
+        raise EngineNotFoundError(str(exc)) from None
 
 
 def engine_names() -> list[str]:
@@ -123,13 +116,10 @@ def engine_class(name: str) -> type:
     if name not in found:
         raise EngineNotFoundError(f"no engine named {name!r}; registered engines: {', '.join(sorted(found))} "
                                   f"(a package adds one with an entry point in the group {GROUP!r})")
-    module, _, attribute = found[name].partition(":")
     try:
-        cls = importlib.import_module(module)
-        for part in attribute.split(".") if attribute else []:
-            cls = getattr(cls, part)
-    except (ImportError, AttributeError) as exc:
-        raise EngineNotFoundError(f"the engine {name!r} ({found[name]}) cannot be loaded: {exc}") from None
+        cls = plugins.load("engines", name, BUILTINS)
+    except plugins.PluginError as exc:
+        raise EngineNotFoundError(str(exc)) from None
     missing = [a for a in ("name", "Config", "chat", "close", "__enter__", *CAPABILITIES) if not hasattr(cls, a)]
     if missing or not dataclasses.is_dataclass(getattr(cls, "Config", None)):
         raise EngineNotFoundError(f"the engine {name!r} ({found[name]}) is not an Engine: it lacks "

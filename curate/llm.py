@@ -23,6 +23,7 @@ from typing import Any
 from curate.engines import UnsupportedError, check_request
 from curate.errors import SmallsetError
 from curate.models import ResolvedModel, resolve_llm
+from curate.processes import guard_descendants
 
 
 @dataclass
@@ -121,6 +122,7 @@ class LLMEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         cuda, dtype, eager = device_settings(self.config.dtype, self.config.enforce_eager)
+        guard_descendants()  # vLLM spawns its engine core and workers itself: they must die with this process
         from vllm import LLM
 
         kwargs: dict[str, Any] = {"model": str(self.model.path), "max_model_len": self.config.max_model_len,

@@ -71,6 +71,7 @@ def reap(signum, frame):
             time.sleep(0.1)
     os._exit(0)
 signal.signal(signal.SIGTERM, reap)
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the guarded process; its death is what counts
 sys.stdout.write("armed\n"); sys.stdout.flush()
 while True:
     signal.pause()

@@ -132,22 +132,33 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on. Anything but loopback is your decision.")
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--max-model-len", type=int, default=2048, show_default=True)
+@click.option("--api-key", envvar="SMALLSET_ENDPOINT_KEY", help="Key clients must send. [default: a new random key, "
+              "printed once and kept in SMALLSET_CACHE/serve/PORT.key (mode 0600)]")
+@click.option("--no-api-key", is_flag=True, help="Answer anyone who can reach the port, without a key.")
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
-def serve(model: str | None, host: str, port: int, max_model_len: int, vllm_args: tuple[str, ...]) -> None:
+def serve(model: str | None, host: str, port: int, max_model_len: int, api_key: str | None, no_api_key: bool,
+          vllm_args: tuple[str, ...]) -> None:
     """Serve the teacher with vLLM's OpenAI-compatible server, for a team that shares one.
 
-    Extra arguments go to vLLM as they are (e.g. --api-key KEY). Point
-    `synth generate --endpoint http://HOST:PORT/v1` at it.
+    Clients send the API key (`synth generate --endpoint URL --api-key KEY`, or
+    SMALLSET_ENDPOINT_KEY); without --api-key a new one is made, printed once and
+    kept beside the cache. Extra arguments after `--` go to vLLM as they are.
 
     \b
     Example:
-      synth serve --port 8000 -- --api-key "$(openssl rand -hex 16)"
+      synth serve --port 8000
+      synth generate task.yaml --endpoint http://127.0.0.1:8000/v1 --api-key KEY -o synth.parquet
     """
     import os
+    import secrets
     import socket
     import sys
 
-    from curate.models import resolve_llm
+    from curate.models import cache_dir, resolve_llm
+    from curate.processes import guard_descendants
+
+    if "--api-key" in vllm_args:
+        raise click.UsageError("give the key as `synth serve --api-key KEY`, not after `--`")
 
     with socket.socket() as probe:
         if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
@@ -161,10 +172,25 @@ def serve(model: str | None, host: str, port: int, max_model_len: int, vllm_args
         given = " ".join(vllm_args)
         vllm_args = [*([] if "--dtype" in given else ["--dtype", dtype]),
                      *([] if "--enforce-eager" in given or not eager else ["--enforce-eager"]), *vllm_args]
-    console.print(f"serving {resolved.path} ({resolved.source}) on http://{host}:{port}/v1 as model 'teacher'")
+    key_args: list[str] = []
+    if not no_api_key:
+        if api_key is None:
+            api_key = secrets.token_urlsafe(24)
+            key_file = cache_dir() / "serve" / f"{port}.key"
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(api_key + "\n")
+            os.chmod(key_file, 0o600)
+            console.print(f"API key (printed once; also in {key_file}, mode 0600): {api_key}", highlight=False,
+                          soft_wrap=True)
+        key_args = ["--api-key", api_key]
+    console.print(f"serving {resolved.path} ({resolved.source}) on http://{host}:{port}/v1 as model 'teacher'"
+                  + ("" if key_args else " [bold red]without an API key[/]"))
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(resolved.path),
            "--served-model-name", "teacher", "--host", host, "--port", str(port),
-           "--max-model-len", str(max_model_len), *vllm_args]
+           "--max-model-len", str(max_model_len), *key_args, *vllm_args]
+    guard_descendants()  # the server's engine core dies with it, even on SIGKILL
     os.execv(sys.executable, cmd)  # become the server: signals and exit codes are vLLM's own
 
 

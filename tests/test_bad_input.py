@@ -1,6 +1,7 @@
 """Bad input: a precise message (file, line, field), a non-zero exit, and nothing written.
 
-Through the real `curate ingest` console script, and through `read_records`.
+Through the real `curate ingest` console script, through `read_records`, and (the
+catalogue at the end, over 200 bad inputs) through the `ingest` command in this process.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from curate.manifest import read_manifest
 from curate.readers import read_records
 
 GOOD = {"prompt": "What is 2+2?", "completion": "4"}
+INPUT_ERROR_EXIT = click.ClickException.exit_code  # what `SmallsetGroup` turns an InputError into
 
 
 def _lines(*rows: dict | bytes) -> bytes:
@@ -156,7 +158,8 @@ def test_read_records_names_file_line_and_field(tmp_path, name):
 # The cases the issue lists; the others are covered in-process above.
 CLI_CASES = [n for n in CASES if n not in ("unknown_role", "empty_csv", "header_only_csv", "mapping_unknown_field",
                                            "no_known_layout", "unknown_file_type", "deep_nesting", "list_label",
-                                           "unclosed_quote", "empty_user_content")]
+                                           "unclosed_quote", "empty_user_content", "semicolon_csv", "list_content",
+                                           "duplicate_key", "string_messages_parquet")]
 EARLIER = {"clean.parquet": b"earlier output", "clean.manifest.json": b'{"earlier": true}'}
 
 
@@ -247,8 +250,10 @@ def cli(tmp_path_factory) -> dict[str, Run]:
 @pytest.mark.parametrize("name", CLI_CASES)
 def test_cli_fails_cleanly_and_writes_nothing(cli, name):
     run = cli[name]
-    assert run.proc.returncode != 0
-    assert "Traceback" not in run.proc.stderr
+    assert run.proc.returncode == INPUT_ERROR_EXIT, run.proc.stderr
+    assert "Traceback" not in run.proc.stderr + run.proc.stdout
+    src = run.root / "in" / CASES[name].file
+    assert src.suffix == ".parquet" or src.read_bytes() == CASES[name].data  # the input as it was
     for part in CASES[name].expect:
         assert part in run.message, run.proc.stderr
     assert list((run.root / "out").iterdir()) == []  # no output, no manifest, no rejects, no temp file
@@ -371,11 +376,8 @@ def test_skip_with_nothing_readable_names_the_rejects(tmp_path, file, data):
 # `curate.cli.main`, in this process: a `curate` process per case would take minutes).
 # Every one must: exit with the code of an input error, print no traceback, name the
 # file and the line (or row, or record) and field where there is one, leave the input
-# as it was, and leave the output folder empty. A handful go through the installed
-# script as well (`test_catalogue_through_the_console_script`).
-
-INPUT_ERROR_EXIT = click.ClickException.exit_code  # what `SmallsetGroup` turns an InputError into
-
+# as it was, and leave the output folder empty. The cases issue 17 names go through the
+# installed script as well (`CASES`, `test_cli_fails_cleanly_and_writes_nothing`).
 
 @dataclass(frozen=True)
 class Bad:

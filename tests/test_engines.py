@@ -27,6 +27,7 @@ import httpx
 import pytest
 import yaml
 
+from curate import plugins
 from curate.engines import BUILTINS, CAPABILITIES, GROUP, Engine, EngineNotFoundError, UnsupportedError, engine_class, \
     engine_names, open_engine
 from curate.llm import EndpointEngine, LLMEngine, SamplingConfig
@@ -59,6 +60,7 @@ def test_pyproject_registers_the_builtins_as_entry_points():
 def test_a_plugin_engine_is_found_through_its_entry_point(monkeypatch):
     assert "echo" not in engine_names()
     monkeypatch.syspath_prepend(str(PLUGIN))  # as if pip had installed the plugin package
+    plugins.clear_cache()  # a package installed while this process runs: look again
     assert "echo" in engine_names()
     with open_engine("echo", prefix="> ") as engine:
         assert isinstance(engine, Engine)
@@ -73,6 +75,9 @@ def test_a_plugin_engine_is_found_through_its_entry_point(monkeypatch):
                 engine.chat(HI, **kwargs)
             assert str(err.value) == f"the echo engine cannot {CAPABILITIES[capability]}"
         assert engine.usage["requests"] == 1  # refused before anything ran
+    monkeypatch.undo()
+    plugins.clear_cache()
+    assert "echo" not in engine_names()
 
 
 def test_a_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch):
@@ -81,9 +86,14 @@ def test_a_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rogue\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(f"[{GROUP}]\nvllm = smallset_echo_engine:EchoEngine\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(EngineNotFoundError) as err:
-        engine_class("vllm")
-    assert "two engines are registered as 'vllm'" in str(err.value) and "rogue" in str(err.value)
+    plugins.clear_cache()
+    try:
+        with pytest.raises(EngineNotFoundError) as err:
+            engine_class("vllm")
+    finally:
+        monkeypatch.undo()
+        plugins.clear_cache()
+    assert "registers engine 'vllm'" in str(err.value) and "rogue" in str(err.value)
 
 
 def test_unknown_engines_and_options_are_named():
@@ -238,11 +248,14 @@ def adapter(tmp_path_factory) -> Path:
     return root / "tiny"
 
 
+KEY = "engines-test-key"
+
+
 @pytest.fixture(scope="module")
 def server(adapter):
     """`synth serve` (vLLM's OpenAI server) with the adapter served as 'tiny'; yields its base URL."""
     port = free_port()
-    server = subprocess.Popen([SYNTH, "serve", "--port", str(port), "--max-model-len", "1024", "--",
+    server = subprocess.Popen([SYNTH, "serve", "--port", str(port), "--max-model-len", "1024", "--api-key", KEY, "--",
                                "--enable-lora", "--max-lora-rank", "8", "--lora-modules", f"tiny={adapter}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
@@ -252,7 +265,7 @@ def server(adapter):
             assert server.poll() is None, server.stderr.read().decode()[-3000:]
             assert time.time() < deadline, "synth serve did not answer within 480 s"
             try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(2)
@@ -264,7 +277,7 @@ def server(adapter):
 
 @pytest.fixture(scope="module")
 def endpoint(server):
-    with open_engine("endpoint", url=server, retries=1) as engine:
+    with open_engine("endpoint", url=server, api_key=KEY, retries=1) as engine:
         yield engine
 
 

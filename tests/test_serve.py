@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from curate.errors import SmallsetError
+from curate.models import cache_dir
 from curate.llm import EndpointConfig, EndpointEngine
 
 SYNTH = str(Path(sys.executable).parent / "synth")
@@ -44,21 +45,27 @@ def test_generate_through_synth_serve_over_http(tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 480
+        key_file = cache_dir() / "serve" / f"{port}.key"
         while time.time() < deadline:
             assert server.poll() is None, server.stderr.read().decode()[-3000:]
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 401:
+                    break  # up, and it wants the key it made
             except httpx.HTTPError:
                 time.sleep(2)
+        # A key was made, kept private, and is the one the server takes.
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_text().strip()
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=headers, timeout=5).status_code == 200
         # It listens on loopback only.
         listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
         assert listening == {"127.0.0.1"}
         task = tmp_path / "task.yaml"
         task.write_text(yaml.safe_dump(TASK))
         out = tmp_path / "out.parquet"
-        proc = subprocess.run([SYNTH, "generate", str(task), "-o", str(out), "--endpoint", f"http://127.0.0.1:{port}/v1"],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([SYNTH, "generate", str(task), "-o", str(out), "--endpoint", f"http://127.0.0.1:{port}/v1",
+                               "--api-key", key], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         records = pl.read_parquet(out)
         assert records.height == 4  # response_format json_schema: all parse
