@@ -79,9 +79,11 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
     Example:
       synth generate recipes/tasks/support_tickets.yaml -n 64 -o runs/synth/tickets.parquet
     """
+    from curate.writers import check_output
     from synth.generate import generate as run_generate, journal_path
     from synth.task import load_task
 
+    check_output(output, inputs=[task_file])  # before the engine starts, not after its work
     task = load_task(task_file)
     if num is not None:
         if num < 1:

@@ -76,14 +76,15 @@ import sys
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 
 from curate.drops import empty_drops, make_drops
 from curate.records import MESSAGE, with_ids
+from curate.step import StepResult
 
 if TYPE_CHECKING:
     from synth.task import TaskSpec
@@ -208,14 +209,10 @@ class SeedMatch:
     """Words per n-gram used for this record."""
 
 
-@dataclass
-class PrivacyResult:
-    kept: pl.DataFrame
-    """Records that passed (redacted ones included), with a `privacy_redactions` column."""
-    drops: pl.DataFrame
-    """One row per dropped record (curate.drops schema, step "privacy")."""
-    counts: dict[str, Any] = field(default_factory=dict)
-    """rows_in, rows_kept, findings (per entity), rows_redacted, redactions, dropped (per reason)."""
+PrivacyResult = StepResult
+"""The guard's result, a step result: kept (records that passed, redacted ones included, with a
+`privacy_redactions` column), drops (step "privacy") and counts (rows_in, rows_kept, findings per
+entity, rows_redacted, redactions, dropped per reason)."""
 
 
 # --------------------------------------------------------------------------------------

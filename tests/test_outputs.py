@@ -150,3 +150,13 @@ def test_a_drops_table_from_another_run_is_refused_too(data, tmp_path):
     shutil.copy(tmp_path / "b.drops.parquet", drops)  # a drops table that belongs to another output
     proc = curate("report", out, "-o", tmp_path / "r.html", ok=False)
     assert "deduped.drops.parquet" in proc.stderr and "does not match its manifest" in proc.stderr
+
+
+def test_synth_generate_checks_its_output_before_the_engine_starts(tmp_path):
+    """A wrong suffix used to fail after two minutes of generation, leaving a journal behind."""
+    task = ROOT / "recipes" / "tasks" / "support_tickets.yaml"
+    synth = str(Path(sys.executable).parent / "synth")
+    proc = subprocess.run([synth, "generate", str(task), "-o", str(tmp_path / "out" / "x.csv")],
+                          capture_output=True, text=True, timeout=60)  # no engine start: seconds, not minutes
+    assert proc.returncode != 0 and "cannot write '.csv' files" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
