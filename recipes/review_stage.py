@@ -31,7 +31,7 @@ from curate.manifest import Manifest
 from curate.readers import read_records
 from curate.review.server import DEFAULT_PORT, DEFAULT_WORKSPACE, Workspace, external_deployment
 from curate.writers import write_records
-from recipes.commands import run_command
+from recipes.commands import RunError, run_command
 from recipes.stages import _exe
 
 SERVER_START_S = 300.0
@@ -51,16 +51,27 @@ def ensure_server(workspace: Path, port: int, say) -> str:
         ws.root.mkdir(parents=True, exist_ok=True)
         say(f"starting the review server for {workspace} on 127.0.0.1:{port} (it keeps running after this run; "
             f"`curate review stop --workspace {workspace}` stops it)")
-        log = open(ws.root / "serve.log", "ab")
-        subprocess.Popen([_exe("curate"), "review", "serve", "--workspace", str(workspace), "--port", str(port)],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    log_path = ws.root / "serve.log"
+    started = None
+    if info is None:
+        start = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            started = subprocess.Popen([_exe("curate"), "review", "serve", "--workspace", str(workspace), "--port", str(port)],
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + SERVER_START_S
     while time.monotonic() < deadline:
         info = ws.running()
         if info and info.get("ready"):
             return info["url"]
+        if started is not None and started.poll() is not None:  # it gave up: say why, in its own words
+            with open(log_path, "rb") as fh:
+                fh.seek(start)
+                said = fh.read().decode(errors="replace").strip().splitlines()
+            reason = said[-1] if said else f"it exited with {started.returncode}"
+            raise RunError(f"the review server did not start: {reason.removeprefix('Error: ')} "
+                           f"(set `review: {{port: N}}` in the recipe for another port; log: {log_path})")
         time.sleep(1.0)
-    raise RuntimeError(f"the review server did not start within {SERVER_START_S:.0f} s; see {ws.root / 'serve.log'}")
+    raise RunError(f"the review server did not start within {SERVER_START_S:.0f} s; see {log_path}")
 
 
 def review(stage, ctx) -> str | None:

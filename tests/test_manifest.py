@@ -41,7 +41,8 @@ def test_manifest_is_written_beside_the_output(ingested):
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest == read_manifest(out)
     assert manifest["command"] == "curate ingest"
-    assert manifest["parameters"] == {"layout": None, "map": ["prompt=prompt"], "source": "crm", "split": None, "on_error": "skip"}
+    assert manifest["parameters"] == {"layout": None, "map": ["prompt=prompt"], "source": "crm", "split": None, "on_error": "skip",
+                                      "delimiter": None, "encoding": None}
     assert manifest["counts"] == {"in": 3, "out": 2, "rejected": 1}
     assert isinstance(manifest["wall_time_s"], float) and 0 <= manifest["wall_time_s"] < 300
     assert "polars" in manifest["versions"] and "smallset" in manifest["versions"] and "python" in manifest["versions"]

@@ -102,3 +102,20 @@ def test_stage_keys_follow_the_content_of_inputs_and_the_options(tmp_path):
     export.write_text(export.read_text() + export.read_text().splitlines()[0] + "\n")
     keys = {s.name: s.key(tmp_path / "run") for s in plan(load_recipe(write_recipe(tmp_path, base_recipe())), tmp_path / "run")}
     assert keys["real"] != first["real"]
+
+
+def test_a_review_server_that_cannot_start_is_a_clear_run_error(tmp_path):
+    """The port is taken (another server, an old run's): the stage says so at once, with no traceback."""
+    import socket
+
+    from recipes.commands import RunError
+    from recipes.review_stage import ensure_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RunError) as err:
+            ensure_server(tmp_path / "ws", port, say=lambda m: None)
+    assert f"port {port}" in str(err.value) and "already in use" in str(err.value)
+    assert "review: {port: N}" in str(err.value)
