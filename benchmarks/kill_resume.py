@@ -83,7 +83,7 @@ def outputs(run_dir: Path) -> dict[str, tuple]:
     found = {}
     for stage in STAGES:
         out = run_dir / "merge" / "all.parquet" if stage == "merge" else run_dir / stage / f"{stage}.parquet"
-        drops = out.with_name(f"{out.stem}.drops.parquet")
+        drops = out.with_name(f"{out.name}.drops.parquet")
         found[stage] = (
             tuple(pl.read_parquet(out, columns=["id"])["id"].to_list()),
             tuple(sorted(pl.read_parquet(drops, columns=["id", "reason"]).iter_rows())) if drops.exists() else (),

@@ -82,13 +82,13 @@ def _check_parents(dest: Path) -> None:
 
 
 def sidecar(output: str | os.PathLike[str], kind: str) -> Path:
-    """A file that belongs to `output`: `data.clean.parquet` -> `data.clean.<kind>`.
+    """A file that belongs to `output`: `data.parquet` -> `data.parquet.<kind>` (its manifest, drops, rejects).
 
-    Only the last suffix is replaced, so `train.parquet` and `train.clean.parquet`
-    keep separate manifests, drops and journals.
+    The whole name is kept, so `x.parquet` and `x.jsonl` in one folder keep separate manifests,
+    drops and journals (with the suffix cut, both would claim `x.manifest.json`).
     """
     output = Path(output)
-    return output.with_name(f"{output.stem}.{kind}")
+    return output.with_name(f"{output.name}.{kind}")
 
 
 def write_text(dest: str | os.PathLike[str], text: str) -> None:

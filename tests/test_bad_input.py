@@ -160,7 +160,7 @@ CLI_CASES = [n for n in CASES if n not in ("unknown_role", "empty_csv", "header_
                                            "no_known_layout", "unknown_file_type", "deep_nesting", "list_label",
                                            "unclosed_quote", "empty_user_content", "semicolon_csv", "list_content",
                                            "duplicate_key", "string_messages_parquet")]
-EARLIER = {"clean.parquet": b"earlier output", "clean.manifest.json": b'{"earlier": true}'}
+EARLIER = {"clean.parquet": b"earlier output", "clean.parquet.manifest.json": b'{"earlier": true}'}
 
 
 def _skip_jsonl(root: Path) -> list:
@@ -302,7 +302,7 @@ def test_skip_writes_good_rows_rejects_and_counts(cli):
     kept = pl.read_parquet(out)
     assert [m[0]["content"] for m in kept["messages"].to_list()] == ["one", "three", "eight"]
 
-    rejects = _rejects(out.parent / "clean.rejects.jsonl")
+    rejects = _rejects(out.parent / "clean.parquet.rejects.jsonl")
     assert [(r["line"], r["field"]) for r in rejects] == [(2, None), (5, "completion"), (6, None), (7, None)]
     assert all(r["file"] == str(src) for r in rejects)
     reasons = [r["reason"] for r in rejects]
@@ -315,8 +315,8 @@ def test_skip_writes_good_rows_rejects_and_counts(cli):
     assert manifest["counts"] == {"in": 7, "out": 3, "rejected": 4}
     assert manifest["inputs"][0]["rows"] == 7 and manifest["inputs"][0]["rejected"] == 4
     assert manifest["parameters"]["on_error"] == "skip"
-    assert {Path(o["path"]).name: o["rows"] for o in manifest["outputs"]} == {"clean.parquet": 3, "clean.rejects.jsonl": 4}
-    assert sorted(p.name for p in out.parent.iterdir()) == ["clean.manifest.json", "clean.parquet", "clean.rejects.jsonl"]
+    assert {Path(o["path"]).name: o["rows"] for o in manifest["outputs"]} == {"clean.parquet": 3, "clean.parquet.rejects.jsonl": 4}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clean.parquet", "clean.parquet.manifest.json", "clean.parquet.rejects.jsonl"]
 
 
 def test_skip_csv_rejects_carry_line_numbers(cli):
@@ -325,7 +325,7 @@ def test_skip_csv_rejects_carry_line_numbers(cli):
     assert run.proc.returncode == 0, run.proc.stderr
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert [k["label"] for k in kept] == ["a", "c"]
-    rejects = _rejects(run.root / "clean.rejects.jsonl")
+    rejects = _rejects(run.root / "clean.jsonl.rejects.jsonl")
     assert [(r["line"], r["field"]) for r in rejects] == [(3, "label"), (5, None), (7, "text")]
     assert read_manifest(out)["counts"] == {"in": 5, "out": 2, "rejected": 3}
 
@@ -337,7 +337,7 @@ def test_skip_on_a_ragged_csv_rejects_the_bad_lines_only(cli):
     assert run.proc.returncode == 0, run.proc.stderr
     assert "4 rejected" in run.message
     assert pl.read_parquet(out)["label"].to_list() == ["a", "b", "c"]
-    rejects = _rejects(out.parent / "clean.rejects.jsonl")
+    rejects = _rejects(out.parent / "clean.parquet.rejects.jsonl")
     assert [r["line"] for r in rejects] == [3, 5, 7, 8]
     assert "3 fields where the header has 2" in rejects[0]["reason"] and "never closes" in rejects[3]["reason"]
     assert read_manifest(out)["counts"] == {"in": 7, "out": 3, "rejected": 4}

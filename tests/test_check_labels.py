@@ -168,7 +168,7 @@ def test_bad_options_say_what_is_wrong_and_write_nothing(mixed, tmp_path, args, 
     proc = run("check-labels", str(mixed), *args, "-o", str(out), ok=False)
     assert proc.returncode != 0
     assert message in proc.stderr
-    assert not out.exists() and not (tmp_path / "o.drops.parquet").exists()
+    assert not out.exists() and not (tmp_path / "o.parquet.drops.parquet").exists()
 
 
 # --------------------------------------------------------------------------- a real corpus, clean and with flips

@@ -36,7 +36,7 @@ def test_judge_scores_every_row_and_checks_labels(tmp_path):
     assert (scored["judge_score"] - mean).abs().max() < 1e-9
     assert set(scored["judge_label"]) <= {"billing", "technical", "account", "shipping"}
     assert scored["judge_agrees"].to_list() == [a == b for a, b in zip(scored["judge_label"], scored["label"])]
-    manifest = json.loads((tmp_path / "scored.manifest.json").read_text())
+    manifest = json.loads((tmp_path / "scored.parquet.manifest.json").read_text())
     assert manifest["counts"]["unscored"] == 0
     assert manifest["parameters"]["usage"]["requests"] == 8  # one score and one label request per row
 

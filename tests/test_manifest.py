@@ -36,8 +36,8 @@ def ingested(tmp_path_factory) -> dict[str, Path]:
 
 def test_manifest_is_written_beside_the_output(ingested):
     out = ingested["out_a"]
-    assert manifest_path(out) == out.parent / "clean.manifest.json"
-    assert sorted(p.name for p in out.parent.iterdir()) == ["clean.manifest.json", "clean.parquet", "clean.rejects.jsonl"]
+    assert manifest_path(out) == out.parent / "clean.parquet.manifest.json"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clean.parquet", "clean.parquet.manifest.json", "clean.parquet.rejects.jsonl"]
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest == read_manifest(out)
     assert manifest["command"] == "curate ingest"
@@ -59,7 +59,7 @@ def test_manifest_hashes_inputs_and_outputs(ingested):
     assert input_a["hash"] != input_b["hash"]  # one byte differs
     outputs = {Path(o["path"]).name: o for o in a["outputs"]}
     assert outputs["clean.parquet"]["hash"] == content_hash(ingested["out_a"])
-    assert outputs["clean.parquet"]["rows"] == 2 and outputs["clean.rejects.jsonl"]["rows"] == 1
+    assert outputs["clean.parquet"]["rows"] == 2 and outputs["clean.parquet.rejects.jsonl"]["rows"] == 1
     assert b["outputs"][0]["hash"] == content_hash(ingested["out_b"])
 
 
@@ -90,14 +90,14 @@ def test_manifest_write_in_process(tmp_path):
     time.sleep(0.01)
     out = tmp_path / "result.parquet"
     written = manifest.write(out)
-    assert written == tmp_path / "result.manifest.json"
+    assert written == tmp_path / "result.parquet.manifest.json"
     data = read_manifest(out)
     assert "_t0" not in data
     assert data["parameters"] == {"k": 1}
     assert data["inputs"] == [{"path": str(tmp_path / "in.csv"), "hash": content_hash(tmp_path / "in.csv"), "rows": 1}]
     assert data["wall_time_s"] >= 0.01
     assert {"polars", "smallset", "pyarrow"} <= set(data["versions"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "result.manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "result.parquet.manifest.json"]
 
 
 # -- atomic writes -------------------------------------------------------------------

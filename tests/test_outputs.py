@@ -143,13 +143,13 @@ def test_a_reader_refuses_an_output_that_does_not_match_its_manifest(data, tmp_p
 def test_a_drops_table_from_another_run_is_refused_too(data, tmp_path):
     out = tmp_path / "deduped.parquet"
     curate("dedup", data, "--method", "exact", "-o", out)
-    drops = out.with_name("deduped.drops.parquet")
+    drops = out.with_name("deduped.parquet.drops.parquet")
     saved = tmp_path / "saved.drops.parquet"
     shutil.copy(drops, saved)
     curate("dedup", data, "--method", "exact", "--method", "near", *NEAR_ALL, "-o", tmp_path / "b.parquet")
-    shutil.copy(tmp_path / "b.drops.parquet", drops)  # a drops table that belongs to another output
+    shutil.copy(tmp_path / "b.parquet.drops.parquet", drops)  # a drops table that belongs to another output
     proc = curate("report", out, "-o", tmp_path / "r.html", ok=False)
-    assert "deduped.drops.parquet" in proc.stderr and "does not match its manifest" in proc.stderr
+    assert "deduped.parquet.drops.parquet" in proc.stderr and "does not match its manifest" in proc.stderr
 
 
 def test_synth_generate_checks_its_output_before_the_engine_starts(tmp_path):
@@ -160,3 +160,17 @@ def test_synth_generate_checks_its_output_before_the_engine_starts(tmp_path):
                           capture_output=True, text=True, timeout=60)  # no engine start: seconds, not minutes
     assert proc.returncode != 0 and "cannot write '.csv' files" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_two_formats_of_one_name_keep_their_own_manifests(data, tmp_path):
+    """`-o out/x.parquet` and `-o out/x.jsonl` used to share out/x.manifest.json, and report refused the first."""
+    out = tmp_path / "out"
+    curate("dedup", data, "-o", out / "x.parquet")
+    curate("dedup", data, "--method", "exact", "-o", out / "x.jsonl")
+    assert manifest_path(out / "x.parquet") != manifest_path(out / "x.jsonl")
+    assert {p.name for p in out.iterdir()} == {
+        "x.parquet", "x.parquet.manifest.json", "x.parquet.drops.parquet",
+        "x.jsonl", "x.jsonl.manifest.json", "x.jsonl.drops.parquet"}
+    for name in ("x.parquet", "x.jsonl"):
+        curate("report", out / name, "-o", tmp_path / f"{name}.html")
+        assert (tmp_path / f"{name}.html").exists()

@@ -190,7 +190,7 @@ def pulled(review, data: Path, name: str, *extra: str) -> tuple[pl.DataFrame, di
     out = review.root / name
     result = review.curate("pull", data, "-o", out, *extra)
     df = pl.read_parquet(out).with_columns(pl.col("meta").str.json_path_match("$.n").cast(pl.Int64).alias("n"))
-    report = json.loads(out.with_name(out.stem + ".review.json").read_text())
+    report = json.loads(out.with_name(out.name + ".review.json").read_text())
     return df.sort("n"), report, result.stderr
 
 
@@ -411,7 +411,7 @@ def test_two_datasets_in_one_argilla_dataset_keep_their_records(review):
     review.curate("pull", b, "-o", out_b, "--name", "pooled")
     assert pl.read_parquet(out_a)["review_outcome"].to_list() == ["pending", "pending", "rejected"]
     assert pl.read_parquet(out_b)["review_outcome"].to_list() == ["accepted", "pending", "pending"]
-    report = json.loads((review.root / "team_a.reviewed.review.json").read_text())
+    report = json.loads((review.root / "team_a.reviewed.parquet.review.json").read_text())
     assert report["unmatched_records"] == 0 and not any("match no row" in note for note in report["notes"])
 
 

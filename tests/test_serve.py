@@ -70,7 +70,7 @@ def test_generate_through_synth_serve_over_http(tmp_path):
         records = pl.read_parquet(out)
         assert records.height == 4  # response_format json_schema: all parse
         assert all(m[0]["content"].startswith("Describe ") for m in records["messages"].to_list())
-        manifest = json.loads((tmp_path / "out.manifest.json").read_text())
+        manifest = json.loads((tmp_path / "out.parquet.manifest.json").read_text())
         assert manifest["models"][0]["source"] == "endpoint:teacher"
         assert manifest["parameters"]["usage"]["completion_tokens"] > 0
     finally:

@@ -127,7 +127,7 @@ def test_generate_survives_sigkill_and_resumes_without_loss_or_duplicates(tmp_pa
         meta = json.loads(m)
         assert meta["synth"]["axes"]["label"] == label
         assert {"strategy", "prompt_hash", "model", "seed"} <= set(meta["synth"])
-    usage = json.loads((tmp_path / "out.manifest.json").read_text())["parameters"]["usage"]
+    usage = json.loads((tmp_path / "out.parquet.manifest.json").read_text())["parameters"]["usage"]
     assert usage["resumed"] == len(done_before) and usage["generated_this_run"] == 16 - len(done_before)
     assert usage["completion_tokens"] > 0
     assert not journal.exists()
@@ -157,7 +157,7 @@ def test_replies_cut_off_at_max_tokens_are_finished_so_every_sample_parses(tmp_p
     assert "no maxLength" not in proc.stdout + proc.stderr
     records = pl.read_parquet(out)
     assert records.height == 8
-    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out.parquet.manifest.json").read_text())
     assert manifest["counts"]["unparsable"] == 0
     usage = manifest["parameters"]["usage"]
     assert usage["completion_tokens"] > 6 * 8  # the retries wrote past the first cut
