@@ -372,3 +372,49 @@ def test_restart_with_the_cli_keeps_records_then_stop(review, dataset):
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
             serve.wait(60)
+
+
+def test_a_sigkilled_serve_leaves_no_process_and_the_port_serves_again(tmp_path):
+    """kill -9 of `curate review serve`: Redis, the worker and every API process go with it (the API used to keep
+    serving, and a new serve then found the port taken); serving again on the same port works."""
+    ws, port = tmp_path / "ws", free_port()
+
+    def serve() -> tuple[subprocess.Popen, dict]:
+        proc = subprocess.Popen([*CLI, "serve", "--workspace", str(ws), "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 150
+
+        def up() -> bool:  # this serve's pid file says ready (a killed one's stays behind until the next start)
+            return _ready(ws / "server.json") and json.loads((ws / "server.json").read_text())["pid"] == proc.pid
+
+        while not up() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert up(), proc.stderr.read() if proc.poll() is not None else "not ready in time"
+        return proc, json.loads((ws / "server.json").read_text())["children"]
+
+    first, children = serve()
+    processes = [c["pid"] for c in children.values()] + _process_group(children["api"]["pid"])
+    assert len(processes) >= 4  # redis, worker, two API processes
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    deadline = time.monotonic() + 60
+    while (alive := [p for p in processes if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive, f"still running after the SIGKILL of serve: {alive}: " + "; ".join(
+        Path(f"/proc/{p}/stat").read_text()[:80] for p in alive) + (ws / "logs" / "api.log").read_text()[-2000:]
+
+    second, _ = serve()
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/version").status_code == 200
+    finally:
+        stopped = subprocess.run([*CLI, "stop", "--workspace", str(ws)], capture_output=True, text=True, timeout=90)
+        assert stopped.returncode == 0, stopped.stderr
+        second.wait(60)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

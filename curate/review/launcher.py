@@ -122,8 +122,14 @@ def run_api(host: str, port: int, workers: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         # uvicorn.run(fd=...) would take the socket for a Unix one and leave Nagle's algorithm on.
-        uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning")).run(sockets=[listener])
+        uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=10)
+                       ).run(sockets=[listener])
     finally:
+        # Stopped alone (its parent died, and the kernel signalled only this process): pass it on,
+        # or the others would keep serving and this one would wait for them forever.
+        for pid in forked:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         for pid in forked:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
