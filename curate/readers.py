@@ -1287,7 +1287,7 @@ def _read_hf(path: Path, on_error: OnError, split: str | None) -> _Raw:
         ds = ds[chosen]
     elif split is not None:
         raise InputError(path, "this saved dataset has no splits; drop --split", field="split")
-    table = ds.flatten_indices().data.table if ds._indices is not None else ds.data.table
+    table = ds.with_format("arrow")[:]  # the rows as a pyarrow table, a saved selection's index mapping applied
     return _Raw(pl.from_arrow(table), lambda i: i + 1, "row", [])
 
 
