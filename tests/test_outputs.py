@@ -80,9 +80,8 @@ def test_an_output_whose_parent_is_a_file_is_named_before_any_work(data, tmp_pat
     assert "afile is a file, not a folder" in proc.stderr
 
 
-def test_the_next_write_removes_what_a_killed_writer_left(data, tmp_path):
-    """A real SIGKILL in the middle of an atomic write leaves a hidden temporary; the next run cleans it."""
-    out = tmp_path / "deduped.parquet"
+def _writing(out: Path) -> subprocess.Popen:
+    """A real process in the middle of an atomic write of `out` (it sleeps there until killed)."""
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from curate.atomic import atomic_path
@@ -92,6 +91,13 @@ def test_the_next_write_removes_what_a_killed_writer_left(data, tmp_path):
             time.sleep(600)
     """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert writer.stdout.readline().strip() == "writing"
+    return writer
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(data, tmp_path):
+    """A real SIGKILL in the middle of an atomic write leaves a hidden temporary; the next run cleans it."""
+    out = tmp_path / "deduped.parquet"
+    writer = _writing(out)
     writer.send_signal(signal.SIGKILL)
     writer.wait(30)
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".deduped.parquet.")]
@@ -104,16 +110,8 @@ def test_the_next_write_removes_what_a_killed_writer_left(data, tmp_path):
 
 def test_a_live_writers_temporary_is_left_alone(data, tmp_path):
     out = tmp_path / "deduped.parquet"
-    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from curate.atomic import atomic_path
-        with atomic_path({str(out)!r}) as tmp:
-            tmp.write_bytes(b"in progress")
-            print("writing", flush=True)
-            time.sleep(600)
-    """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    writer = _writing(out)
     try:
-        assert writer.stdout.readline().strip() == "writing"
         curate("dedup", data, "-o", out)
         assert [p for p in tmp_path.iterdir() if p.name.startswith(".deduped.parquet.")]
     finally:
