@@ -3,12 +3,13 @@ process, temporary or stale sidecar left (issue #17). Two moments here; `benchma
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import kill_resume  # noqa: E402
+# Loaded by path: putting benchmarks/ on sys.path would let benchmarks/synth.py shadow the synth package.
+_SPEC = importlib.util.spec_from_file_location("kill_resume", Path(__file__).resolve().parents[1] / "benchmarks" / "kill_resume.py")
+kill_resume = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(kill_resume)
 
 
 def test_killed_runs_resume_to_the_same_outputs(tmp_path):

@@ -172,3 +172,18 @@ def test_two_formats_of_one_name_keep_their_own_manifests(data, tmp_path):
     for name in ("x.parquet", "x.jsonl"):
         curate("report", out / name, "-o", tmp_path / f"{name}.html")
         assert (tmp_path / f"{name}.html").exists()
+
+
+@pytest.mark.parametrize("command", [["lora", "{data}"], ["curve", "{data}", "--test", "{data}"],
+                                     ["eval", "{data}", "--test", "{data}"], ["merge", "{data}"]])
+def test_train_refuses_an_output_folder_that_is_a_file_before_loading_a_model(data, tmp_path, command):
+    """`train lora -o FILE` used to fail with FileExistsError after the model had loaded."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    train = str(Path(sys.executable).parent / "train")
+    args = [a.replace("{data}", str(data)) for a in command]
+    for output in (blocker, blocker / "sub"):
+        proc = subprocess.run([train, *args, "-o", str(output)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "is a file" in proc.stderr
+    assert blocker.read_text() == "not a folder"

@@ -30,6 +30,20 @@ def main() -> None:
     """
 
 
+def _output_folder(ctx, param, value: Path | None) -> Path | None:
+    """An output folder, checked before any model loads: not a file, and not under one."""
+    if value is None:
+        return value
+    if value.exists() and not value.is_dir():
+        raise click.BadParameter(f"{value} is a file; give a folder (it is created if missing)", param_hint="-o")
+    for parent in value.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise click.BadParameter(f"cannot create {value}: {parent} is a file, not a folder", param_hint="-o")
+            break
+    return value
+
+
 def lora_options(command):
     """The training settings of `train lora`, shared by every command that trains (`lora`, `curve`)."""
     for option in reversed(_LORA_OPTIONS):
@@ -76,7 +90,7 @@ _LORA_OPTIONS = [
 
 @main.command(context_settings={"show_default": True})
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Output folder (adapter/, curves.png, manifest, checkpoints/).")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), callback=_output_folder, help="Output folder (adapter/, curves.png, manifest, checkpoints/).")
 @lora_options
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoints/last.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -109,7 +123,7 @@ def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None
 @main.command("eval", context_settings={"show_default": True})
 @click.argument("adapter", type=click.Path(path_type=Path))
 @click.option("--test", "test", required=True, type=click.Path(path_type=Path), help="Held-out test set: any file `curate ingest` reads.")
-@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None, help="Output folder (eval.json, predictions.parquet, confusion.png).  [default: eval/ beside the adapter]")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None, callback=_output_folder, help="Output folder (eval.json, predictions.parquet, confusion.png).  [default: eval/ beside the adapter]")
 @click.option("--model", default=None, help="Base model; must be the one the adapter was trained on.  [default: the one the adapter records]")
 @click.option("--shots-from", type=click.Path(path_type=Path), default=None, help="The pool the k-shot rows are drawn from (one pool for every adapter compared).  [default: the adapter's training split]")
 @click.option("--compare", "compare", multiple=True, metavar="NAME=DIR", help="Another adapter of the same base to score beside ADAPTER in the same engine (repeatable).")
@@ -166,7 +180,7 @@ def _named_paths(pairs: tuple[str, ...], flag: str) -> dict[str, Path]:
 @main.command(context_settings={"show_default": True})
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--test", "test", required=True, type=click.Path(path_type=Path), help="Held-out test set: any file `curate ingest` reads.")
-@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Output folder (curve.json, curve.png, size-N/, eval/).")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), callback=_output_folder, help="Output folder (curve.json, curve.png, size-N/, eval/).")
 @click.option("--sizes", default=DEFAULT_SIZES, help="Training-set sizes in rows, comma-separated; 'all' is every row of DATA.")
 @click.option("--metric", default="accuracy", help="The objective's metric: accuracy, macro_f1, exact_match, token_f1, rouge_l.")
 @click.option("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="Points: the knee is the smallest size within this of the best size.")
@@ -209,7 +223,7 @@ def curve(data: Path, test: Path, output: Path, sizes: str, metric: str, toleran
 
 @main.command(context_settings={"show_default": True})
 @click.argument("adapter", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Folder for the merged model.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), callback=_output_folder, help="Folder for the merged model.")
 @click.option("--model", default=None, help="Base model to merge into.  [default: the one the adapter records]")
 def merge(adapter: Path, output: Path, model: str | None) -> None:
     """Merge ADAPTER (an adapter folder or a `train lora` output) into its base model's weights.
