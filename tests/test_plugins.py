@@ -149,3 +149,17 @@ def test_a_plugin_may_not_take_a_built_in_name(tmp_path, monkeypatch):
         monkeypatch.undo()
         plugins.clear_cache()
     assert plugins.registered("steps")["dedup"] == "curate.dedup.pipeline:Dedup"
+
+
+def test_the_built_ins_pyproject_declares_are_the_ones_a_plain_checkout_finds():
+    """pyproject.toml registers smallset's own steps, rules and strategies; the fallback tables (for a checkout that
+    was never pip-installed) must say the same, or the two would drift apart."""
+    import tomllib
+
+    from curate.plugins import BUILTINS, GROUPS
+    from synth.strategies import BUILTINS as STRATEGIES
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert declared[GROUPS["steps"]] == BUILTINS["steps"]
+    assert declared[GROUPS["rules"]] == BUILTINS["rules"]
+    assert declared[GROUPS["strategies"]] == STRATEGIES

@@ -107,7 +107,7 @@ def test_every_contender_answers_every_test_row(evaluated):
         assert sum(map(sum, result["confusion"]["matrix"])) == n
     assert report["usage"]["requests"] == 3 * n
     assert (evaluated["out"] / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    manifest = json.loads((evaluated["out"] / "eval.manifest.json").read_text())
+    manifest = json.loads((evaluated["out"] / "eval.json.manifest.json").read_text())
     assert manifest["command"] == "train eval" and manifest["counts"]["answers"] == 3 * n
     assert "adapter" in evaluated["stdout"] and "base k-shot" in evaluated["stdout"]  # the results table
 
