@@ -111,4 +111,10 @@ def guard_descendants() -> bool:
 
 _guard = None
 
-__all__ = ["GUARD_ENV", "die_with_parent", "guard_descendants"]
+
+def watchdog_pid() -> int | None:
+    """The guard's watchdog (it lives as long as this process), or None when unguarded."""
+    return _guard.pid if _guard is not None else None
+
+
+__all__ = ["GUARD_ENV", "die_with_parent", "guard_descendants", "watchdog_pid"]

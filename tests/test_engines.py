@@ -138,7 +138,7 @@ def test_synth_generate_records_the_engine_in_its_manifest(tmp_path):
     proc = synth("generate", str(task), "-o", str(out), "--engine", "echo", "--no-structured",
                  "--engine-option", "prefix=")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((tmp_path / "out.parquet.manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
     assert manifest["parameters"]["engine"] == {"name": "echo", "options": {"prefix": ""}}
     assert manifest["models"][0]["source"] == "plugin:echo"
     assert manifest["counts"]["unparsable"] == 2  # an echo of the prompt is no JSON sample

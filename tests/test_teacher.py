@@ -69,10 +69,12 @@ SCRIPT = textwrap.dedent(
             done = time.perf_counter()
             usage = dict(engine.usage)
         print(f"engine start {started - start:.1f} s, generation {done - started:.1f} s", file=sys.stderr)
-        # the engine's processes, not multiprocessing's resource tracker (it lives until exit)
+        # the engine's processes, not multiprocessing's resource tracker nor smallset's watchdog (both live until exit)
+        from curate.processes import watchdog_pid
+
         children = [c.pid for c in psutil.Process().children(recursive=True)
                     if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
-                    and "resource_tracker" not in " ".join(c.cmdline())]
+                    and "resource_tracker" not in " ".join(c.cmdline()) and c.pid != watchdog_pid()]
         print(json.dumps({"generations": [g.__dict__ for g in gens], "usage": usage, "children": children}))
     """
 )
