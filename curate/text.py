@@ -6,6 +6,8 @@ that "the same text" means one thing everywhere.
 
 from __future__ import annotations
 
+import unicodedata
+
 import polars as pl
 
 from curate.records import normalize_text
@@ -44,5 +46,12 @@ def field_text(fields: tuple[str, ...] = DEFAULT_FIELDS) -> pl.Expr:
 
 
 def match_text(fields: tuple[str, ...] = DEFAULT_FIELDS) -> pl.Expr:
-    """`field_text`, then NFKC, lower case and collapsed whitespace."""
+    """`field_text`, then NFKC, lower case and collapsed whitespace: `normalize` on a column."""
     return normalize_text(field_text(fields)).str.to_lowercase()
+
+
+def normalize(text: str) -> str:
+    """NFKC, lower case, whitespace runs collapsed to one space, ends stripped: `match_text` on one string
+    (up to the order of lower-casing), for code that works on Python strings (MinHash shingles), so that
+    "the same text" means one thing across dedup methods."""
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())

@@ -40,6 +40,8 @@ from typing import Literal
 import numpy as np
 from datasketch import MinHash
 
+from curate.text import normalize  # the one normalization of compared text (re-exported)
+
 __all__ = [
     "NearDedupConfig",
     "hashfunc",
@@ -98,15 +100,6 @@ class NearDedupConfig:
 # --------------------------------------------------------------------------------------
 # Normalization and the reference (pure Python) shingles and hash
 # --------------------------------------------------------------------------------------
-
-
-def normalize(text: str) -> str:
-    """NFKC, lower case, whitespace runs collapsed to one space, ends stripped.
-
-    The same normalization as `curate.text.match_text` (up to the order of lower-casing),
-    so that "the same text" means one thing across dedup methods.
-    """
-    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
 def shingles(text: str, config: NearDedupConfig | None = None) -> list[str]:
