@@ -27,7 +27,7 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
     `dest` is left untouched.
     """
     dest = Path(dest)
-    _check_parents(dest)
+    check_parents(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
@@ -72,8 +72,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _check_parents(dest: Path) -> None:
+def check_parents(dest: str | os.PathLike[str]) -> None:
     """A folder to create where a file stands: say so, rather than fail in mkdir with FileExistsError."""
+    dest = Path(dest)
     for parent in dest.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -28,7 +28,7 @@ from curate.plugins import load_all
 from curate.rules import Batch, Rule
 from curate.rules.language import LANGUAGE_COLUMN, identify_languages, language_codes
 from curate.rules.text import repeated_ngram_ratio
-from curate.rules.tokens import TOKENS_COLUMN, count_tokens
+from curate.rules.tokens import TOKENS_COLUMN, Tokens, count_tokens
 from curate.rules.user import UserRule
 from curate.step import Step, StepResult
 
@@ -88,7 +88,7 @@ class _FilterConfigMethods:
 
     @property
     def counts_tokens(self) -> bool:
-        return self.min_tokens is not None or self.max_tokens is not None
+        return Tokens(self).enabled()
 
     def reason_codes(self) -> list[str]:
         """The reason codes this configuration can produce, in check order."""

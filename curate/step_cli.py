@@ -43,7 +43,6 @@ def step_command(step_class: type[Step]) -> click.Command:
 
 
 def _click_option(f: dataclasses.Field, opt) -> click.Option:
-    decls = [d for d in (opt.short,) if d]
     default = opt.cli_default
     if default is _UNSET:
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -55,12 +54,12 @@ def _click_option(f: dataclasses.Field, opt) -> click.Option:
         kind = click.Path(path_type=Path)
     if kind is None and default is not None and not is_flag and not opt.multiple:
         kind = type(default) if isinstance(default, (int, float, str)) else None
-    flag = opt.flag or "--" + f.name.replace("_", "-")
-    if is_flag and "/" not in flag and not opt.flag:
+    flag = opt.flag or opt.long(f.name)
+    if is_flag and not opt.flag:
         flag = f"{flag}/--no-{flag[2:]}"
     if opt.multiple and default is not None and not isinstance(default, (list, tuple)):
         default = None
-    return click.Option([flag, *decls, f.name], type=kind, default=default if not opt.multiple else (default or ()),
+    return click.Option([flag, *([opt.short] if opt.short else []), f.name], type=kind, default=default if not opt.multiple else (default or ()),
                         multiple=opt.multiple, is_flag=is_flag or None, required=opt.required, metavar=opt.metavar,
                         show_default=opt.show_default if default not in (None, ()) else False, help=opt.help,
                         callback=opt.callback)
@@ -92,10 +91,10 @@ def build_config(step_class: type[Step], values: dict[str, Any]) -> Any:
         raise click.UsageError(str(exc)) from None
 
 
-def run_step(step: Step, input: Path, output: Path, *, command: str | None = None) -> StepResult:
+def run_step(step: Step, input: Path, output: Path) -> StepResult:
     """Read INPUT, run the step, write OUTPUT, its drops and its manifest; say what happened."""
     check_output(output, inputs=[input, *side_inputs(step.config)])
-    manifest = Manifest(command or f"curate {step.name}", parameters=parameters(step.config))
+    manifest = Manifest(f"curate {step.name}", parameters=parameters(step.config))
     manifest.models += step.models()
 
     inputs = _Inputs(manifest)

@@ -8,26 +8,29 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.atomic import atomic_path
+from curate.atomic import atomic_path, check_parents
 from curate.errors import InputError
 from curate.readers import Reject
 
 WRITE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
+def _format(path: Path) -> str:
+    """The format an output's suffix asks for; an error naming the ones there are."""
+    fmt = WRITE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(path, f"cannot write '{path.suffix}' files; use one of {', '.join(WRITE_FORMATS)}")
+    return fmt
+
+
 def check_output(path: str | Path, *, inputs: Iterable[str | Path] = ()) -> None:
     """Refuse an output before any work: an unknown suffix, a folder, a parent that is a file, or one of the
     command's own inputs (writing it would destroy the data being read)."""
     path = Path(path)
-    if WRITE_FORMATS.get(path.suffix.lower()) is None:
-        raise InputError(path, f"cannot write '{path.suffix}' files; use one of {', '.join(WRITE_FORMATS)}")
+    _format(path)
     if path.is_dir():
         raise InputError(path, "is a folder; give a file name ending in .parquet or .jsonl")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(path, f"cannot create it: {parent} is a file, not a folder")
-            break
+    check_parents(path)
     target = path.resolve()
     for source in inputs:
         if Path(source).resolve() == target:
@@ -38,9 +41,7 @@ def check_output(path: str | Path, *, inputs: Iterable[str | Path] = ()) -> None
 def write_records(df: pl.DataFrame, path: str | Path) -> Path:
     """Write a record set; the format follows the suffix. Nothing appears until it is complete."""
     path = Path(path)
-    fmt = WRITE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise InputError(path, f"cannot write '{path.suffix}' files; use one of {', '.join(WRITE_FORMATS)}")
+    fmt = _format(path)
     with atomic_path(path) as tmp:
         if fmt == "parquet":
             df.write_parquet(tmp, compression="zstd", statistics=True)

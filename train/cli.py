@@ -13,7 +13,9 @@ import click
 from rich.console import Console
 
 from curate import __version__
+from curate.atomic import check_parents
 from curate.console import SmallsetGroup, console
+from curate.errors import InputError
 from curate.layouts import LAYOUTS
 from train.config import MAX_EPOCHS, LoraTrainConfig
 from train.curve import DEFAULT_SIZES, DEFAULT_TOLERANCE
@@ -36,11 +38,10 @@ def _output_folder(ctx, param, value: Path | None) -> Path | None:
         return value
     if value.exists() and not value.is_dir():
         raise click.BadParameter(f"{value} is a file; give a folder (it is created if missing)", param_hint="-o")
-    for parent in value.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise click.BadParameter(f"cannot create {value}: {parent} is a file, not a folder", param_hint="-o")
-            break
+    try:
+        check_parents(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint="-o") from None
     return value
 
 
