@@ -4,14 +4,21 @@ Everything is written to a temporary file in the destination's folder (same file
 system, so `os.replace` is atomic), flushed and fsynced, then renamed. The temporary's
 name carries the writer's process id, so that the next write of the same destination
 removes what a killed writer (kill -9) left behind, and never a live writer's.
+
+A folder (a dataset of shards) is written the same way, every file in it fsynced, and
+swapped with the old one in one step where Linux can (`renameat2` with RENAME_EXCHANGE);
+elsewhere the old one is moved aside first, so that a kill in between leaves no
+output rather than half of one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,20 +41,43 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
     target = tmp / (dest.name + suffix)
     try:
         yield target
-        if target.is_file():
-            with open(target, "rb") as fh:
-                os.fsync(fh.fileno())
+        _fsync_tree(target)
         if dest.is_dir() and not dest.is_symlink() and target.is_dir():
-            # os.replace cannot replace a non-empty folder: move the old one aside first.
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".old", dir=dest.parent))
-            os.replace(dest, old / "x")
-            os.replace(target, dest)
-            shutil.rmtree(old, ignore_errors=True)
+            if not _exchange(target, dest):  # then the old folder is in `target`, removed with `tmp`
+                # os.replace cannot replace a non-empty folder: move the old one aside first.
+                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".old", dir=dest.parent))
+                os.replace(dest, old / "x")
+                os.replace(target, dest)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(target, dest)
         _fsync_dir(dest.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_tree(target: Path) -> None:
+    """Flush a written file, or every file of a written folder and the folder itself, to disk."""
+    found = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()] if target.is_dir() else []
+    for file in found:
+        with open(file, "rb") as fh:
+            os.fsync(fh.fileno())
+    if target.is_dir():
+        _fsync_dir(target)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux `renameat2(RENAME_EXCHANGE)`): a reader of `b` finds the old folder
+    or the new one, never none. False where the system or its file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def remove_stale_temporaries(dest: Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """Drops: every row a step removes keeps its reason.
 
-Each step that removes rows writes `<output>.drops.parquet` beside its output,
+Each step that removes rows writes `<output>.drops.parquet` beside its output
+(one table beside a folder of shards too: `out` has `out.drops.parquet`),
 one row per dropped record, in this schema. `curate explain` and the report read
 these tables back; nothing disappears without a line here.
 """

@@ -19,6 +19,7 @@ step, process or run asks first.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.executor import current as current_executor
 from curate.manifest import content_hash
 from curate.models import DEFAULT_EMBEDDER_NAME, ResolvedModel, cache_dir, resolve_embedder
 
@@ -111,19 +113,52 @@ def embed_with_stats(
         found = store.lookup(hashes, stats) if store is not None and hashes else {}
         missing = [k for k, h in enumerate(hashes) if h not in found]
         stats.hits, stats.misses = len(keys) - len(missing), len(missing)
-        encoder = _encoder(resolved, identity, stats) if missing or not found else None  # no texts: still a shape
-        dim = _dimension(encoder) if encoder is not None else store.dim
-        unique_vectors = np.empty((len(keys), dim), dtype=np.float32)
+        executor = current_executor()
+        if missing and executor.name != "local":
+            encode = functools.partial(executor.encode, model, batch_size=batch_size)
+            dim = store.dim if store is not None and found else None
+        else:
+            encoder = _encoder(resolved, identity, stats) if missing or not found else None  # no texts: still a shape
+            encode = functools.partial(_encode_chunks, encoder, batch_size=batch_size)
+            dim = _dimension(encoder) if encoder is not None else store.dim
+        unique_vectors = _Vectors(len(keys), dim)
         for k, h in enumerate(hashes):
             if h in found:
-                unique_vectors[k] = found[h]
+                unique_vectors.put([k], found[h][None, :])
         if missing:
-            _encode_missing(encoder, keys, hashes, missing, unique_vectors, store, batch_size, progress, stats)
+            _encode_missing(encode, keys, hashes, missing, unique_vectors, store, batch_size, progress, stats)
     finally:
         if store is not None:
             store.close()
     stats.seconds = round(time.perf_counter() - t0, 3)
-    return np.ascontiguousarray(unique_vectors[positions], dtype=np.float32), stats
+    return np.ascontiguousarray(unique_vectors.array[positions], dtype=np.float32), stats
+
+
+class _Vectors:
+    """The unique texts' vectors, allocated when their dimension is known (a remote encoder tells it first)."""
+
+    def __init__(self, rows: int, dim: int | None) -> None:
+        self.rows = rows
+        self.array = np.empty((rows, dim), dtype=np.float32) if dim is not None else None
+
+    def put(self, where: list[int], vectors: np.ndarray) -> None:
+        if self.array is None:
+            self.array = np.empty((self.rows, vectors.shape[1]), dtype=np.float32)
+        self.array[where] = vectors
+
+
+def encode_locally(model: str | None, chunks: list[list[str]], batch_size: int) -> Iterator[np.ndarray]:
+    """Vectors per chunk with this process's encoder (what an executor's worker runs)."""
+    resolved = resolve_embedder(model)
+    encoder = _encoder(resolved, embedder_identity(resolved), EmbedStats())
+    return _encode_chunks(encoder, chunks, batch_size=batch_size)
+
+
+def _encode_chunks(encoder, chunks: list[list[str]], batch_size: int) -> Iterator[np.ndarray]:
+    for texts in chunks:
+        vectors = encoder.encode(texts, batch_size=batch_size, show_progress_bar=False,
+                                 convert_to_numpy=True, normalize_embeddings=True)
+        yield np.asarray(vectors, dtype=np.float32)
 
 
 def text_key(text: str) -> bytes:
@@ -269,24 +304,23 @@ def _open_store(resolved: ResolvedModel, identity: str, stats: EmbedStats) -> _S
     return store
 
 
-def _encode_missing(encoder, keys, hashes, missing, out, store, batch_size, progress, stats) -> None:
-    """Encode the missing texts, longest first in chunks, committing each chunk to the cache as it is done."""
+def _encode_missing(encode, keys, hashes, missing, out: _Vectors, store, batch_size, progress, stats) -> None:
+    """Encode the missing texts, longest first in chunks, committing each chunk to the cache as it is done.
+
+    `encode(chunks)` yields each chunk's vectors in order: this process's encoder, or the
+    executor's workers (the chunks, hence the batches and their padding, are the same either way).
+    """
     order = sorted(missing, key=lambda k: -len(keys[k]))  # like lengths share a batch: less padding
     chunk_size = max(batch_size * 4, 128)  # a kill loses at most one chunk; a commit costs milliseconds
+    chunks = [order[start : start + chunk_size] for start in range(0, len(order), chunk_size)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(order), desc="embedding", unit="text", file=sys.stderr)
     try:
-        for start in range(0, len(order), chunk_size):
-            chunk = order[start : start + chunk_size]
-            vectors = encoder.encode(
-                [keys[k] for k in chunk], batch_size=batch_size, show_progress_bar=False,
-                convert_to_numpy=True, normalize_embeddings=True,
-            )
-            vectors = np.asarray(vectors, dtype=np.float32)
-            out[chunk] = vectors
+        for chunk, vectors in zip(chunks, encode([[keys[k] for k in chunk] for chunk in chunks])):
+            out.put(chunk, vectors)
             if store is not None:
                 try:
                     store.put([hashes[k] for k in chunk], vectors)

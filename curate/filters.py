@@ -115,6 +115,7 @@ class Filter(Step):
 
     name = "filter"
     Config = FilterConfig
+    row_local = True
 
     @classmethod
     def help(cls) -> str:

@@ -1,7 +1,8 @@
 """Manifests: what a command read, with which parameters and models, and what it wrote.
 
-Every command writes `<output>.manifest.json` beside its output. Later stages
-build resume, stage caching and "why was this row dropped" on these files.
+Every command writes `<output>.manifest.json` beside its output (a folder of shards
+`out` has `out.manifest.json`). Later stages build resume, stage caching and "why was
+this row dropped" on these files.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.atomic import sidecar, write_text
+from curate.shards import only_shards, shard_files
 
 # Packages whose versions change results; recorded in every manifest.
 TRACKED_PACKAGES = (
@@ -40,11 +42,14 @@ def content_hash(
     `stat_above` bytes enter by size and modification time instead of their bytes: a fingerprint
     that notices a replaced file without reading gigabytes of weights each time (the embedder's
     cache key); leave it None wherever the hash must prove the content (manifests, stage keys).
+    A folder of Parquet shards (every file that is not bookkeeping, see `curate.shards`, is a shard)
+    is hashed by its shards alone, in order: Spark's `_SUCCESS` or a `.crc` file does not change it.
     """
     path = Path(path)
     digest = hashlib.blake2b(digest_size=16)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not (skip and skip(p.relative_to(path))))
+        files = only_shards(path, files) or files
     else:
         files = [path]
     for file in files:
@@ -79,6 +84,8 @@ class Manifest:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     models: list[dict[str, str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    executor: dict[str, Any] = field(default_factory=lambda: {"name": "local"})
+    """Where the work ran (`curate.executor`): not a parameter, since the results are the same."""
     versions: dict[str, str] = field(default_factory=package_versions)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -86,10 +93,10 @@ class Manifest:
     _t0: float = field(default_factory=time.perf_counter, repr=False)
 
     def add_input(self, path: str | Path, **extra: Any) -> None:
-        self.inputs.append({"path": str(path), "hash": content_hash(path), **extra})
+        self.inputs.append(_entry(path, extra))
 
     def add_output(self, path: str | Path, **extra: Any) -> None:
-        self.outputs.append({"path": str(path), "hash": content_hash(path), **extra})
+        self.outputs.append(_entry(path, extra))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -102,6 +109,14 @@ class Manifest:
         dest = manifest_path(output)
         write_text(dest, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
         return dest
+
+
+def _entry(path: str | Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """An input or output: its path, content hash and counts; a folder of shards also says how many."""
+    entry = {"path": str(path), "hash": content_hash(path), **extra}
+    if Path(path).is_dir() and (shards := shard_files(path)):
+        entry.setdefault("shards", len(shards))
+    return entry
 
 
 def read_manifest(output: str | Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Readers: JSONL, JSON, CSV/TSV, Parquet and saved Hugging Face `datasets` folders.
+"""Readers: JSONL, JSON, CSV/TSV, Parquet, folders of Parquet shards and saved Hugging Face `datasets` folders.
 
 Every reader produces a raw polars table, which `layouts.to_records` maps onto the
 record model. Well-formed files take a fast columnar path; only when that fails is
@@ -15,6 +15,10 @@ worker threads parse blocks (pyarrow under the first block's schema, polars wher
 that would read differently), map them and hash their ids, so that a large file is
 read on every core and only a few blocks of raw data are alive at a time. The
 records, rejects and errors are those of the whole-file reader, line numbers included.
+
+A folder of Parquet shards (what Ray or Spark write, see `curate.shards`) is one dataset:
+polars reads every shard in one scan, after their footers are checked to agree; a row's
+position names its shard file and its row there.
 
 With `on_error="fail"` (the default) the first bad row raises `InputError`. With
 `on_error="skip"` bad rows are left out and returned as `Reject`s, one reason each.
@@ -45,6 +49,7 @@ import polars as pl
 from curate import records as _records
 from curate.errors import InputError
 from curate.layouts import Coerced, CoercedValue, Mapping, json_kind, map_rows, to_records
+from curate.shards import SchemaMismatch, common_schema, shard_files
 
 OnError = Literal["fail", "skip"]
 
@@ -88,13 +93,18 @@ class _Raw:
     unit: str  # "line" or "row"
     rejects: list[Reject]
     coerced: Coerced | None = None  # values polars read as text that were not (see `layouts.Coerced`)
+    file_of: Callable[[int], Path] | None = None  # the file a row index is in, where one table spans several
 
 
 def detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             return "hf"
-        raise InputError(path, "a folder that is not a saved Hugging Face dataset (no dataset_info.json or dataset_dict.json)")
+        if shard_files(path):
+            return "shards"
+        what = "an empty folder" if not any(path.iterdir()) else \
+            "a folder with no Parquet shards (*.parquet; names starting with '_' or '.' are skipped)"
+        raise InputError(path, f"{what}, and not a saved Hugging Face dataset (no dataset_info.json or dataset_dict.json)")
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise InputError(path, f"unknown file type '{path.suffix}'; expected one of {', '.join(sorted(FORMATS))} or a saved datasets folder")
@@ -111,7 +121,7 @@ def read_records(
     delimiter: str | None = None,
     encoding: str | None = None,
 ) -> ReadResult:
-    """Read one file (or datasets folder) into a record set.
+    """Read one file (or a folder of Parquet shards, or a datasets folder) into a record set.
 
     `delimiter` is a CSV/TSV file's (default: ',' and a tab); `encoding` a text file's
     (default: UTF-8, whose byte-order mark only CSV may start with; `utf-8-sig` takes one anywhere).
@@ -122,7 +132,7 @@ def read_records(
     if not path.exists():
         raise InputError(path, "no such file or folder")
     fmt = detect_format(path)
-    if fmt != "hf" and path.stat().st_size == 0:
+    if fmt not in ("hf", "shards") and path.stat().st_size == 0:
         raise InputError(path, "the file is empty")
     if delimiter is not None:
         delimiter = _delimiter(path, delimiter)
@@ -145,9 +155,9 @@ def read_records(
     if raw.table.height == 0:
         if raw.rejects:  # every row was rejected before it could be read
             raise _no_valid_records(path, raw.rejects)
-        raise InputError(path, "the file holds no records")
+        raise InputError(path, "the shards hold no records" if fmt == "shards" else "the file holds no records")
     recs, problems = to_records(raw.table, mapping, source=source, path=path, coerced=raw.coerced)
-    return _result(path, on_error, recs, problems, raw.locate, raw.unit, raw.rejects, raw.table.height)
+    return _result(path, on_error, recs, problems, raw.locate, raw.unit, raw.rejects, raw.table.height, raw.file_of)
 
 
 def _result(
@@ -159,20 +169,24 @@ def _result(
     unit: str,
     read_rejects: list[Reject],
     rows_read: int,
+    file_of: Callable[[int], Path] | None = None,
 ) -> ReadResult:
-    """Fail on the first invalid record, or leave the invalid ones out as rejects."""
+    """Fail on the first invalid record, or leave the invalid ones out as rejects (each named by the
+    file it is in: `file_of(row index)` where the table spans several shards)."""
     bad = problems["reason"].is_not_null()
     rejects = list(read_rejects)
+    where = file_of or (lambda i: path)
     if bad.any():
         bad_rows = problems.with_row_index("i").filter(bad)
         if on_error == "fail":
             first = bad_rows.row(0, named=True)
-            raise InputError(path, first["reason"], line=locate(first["i"]), field=first["field"], unit=unit)
+            raise InputError(where(first["i"]), first["reason"], line=locate(first["i"]), field=first["field"], unit=unit)
         rejects += [
-            Reject(str(path), locate(r["i"]), r["field"], r["reason"]) for r in bad_rows.iter_rows(named=True)
+            Reject(str(where(r["i"])), locate(r["i"]), r["field"], r["reason"]) for r in bad_rows.iter_rows(named=True)
         ]
         recs = recs.filter(~bad)
-        rejects.sort(key=lambda r: r.line or 0)  # in file order, whichever check caught them
+        if file_of is None:
+            rejects.sort(key=lambda r: r.line or 0)  # in file order, whichever check caught them
     rows_in = rows_read + len(read_rejects)
     if recs.height == 0:
         raise _no_valid_records(path, rejects)
@@ -1272,6 +1286,39 @@ def _read_parquet(path: Path, on_error: OnError) -> _Raw:
     return _Raw(table, lambda i: i + 1, "row", [])
 
 
+def _read_shards(path: Path, on_error: OnError) -> _Raw:
+    """A folder of Parquet shards as one table: shards in path order, rows in file order.
+
+    The shards' footers are read first, so that a shard whose columns differ from the first
+    one's is named with the column (`shards.common_schema`); then polars reads every shard
+    in one scan.
+    """
+    import pyarrow.parquet as pq
+
+    shards = shard_files(path)
+    schemas, rows = [], []
+    for shard in shards:
+        try:
+            schemas.append(pl.read_parquet_schema(shard))
+            rows.append(pq.read_metadata(shard).num_rows)
+        except Exception as exc:
+            raise InputError(shard, f"not a readable Parquet file: {_first_line(exc)}") from None
+    try:
+        schema = common_schema(schemas, f"the first shard {shards[0].relative_to(path)}")
+    except SchemaMismatch as exc:
+        raise InputError(shards[exc.index], exc.reason, field=exc.column) from None
+    try:
+        table = pl.scan_parquet(shards, schema=schema, glob=False).collect()
+    except Exception as exc:
+        raise InputError(path, f"the shards cannot be read as one table: {_first_line(exc)}") from None
+    starts = [0, *accumulate(rows)][:-1]
+
+    def shard_of(i: int) -> int:
+        return bisect_right(starts, i) - 1
+
+    return _Raw(table, lambda i: i - starts[shard_of(i)] + 1, "row", [], file_of=lambda i: shards[shard_of(i)])
+
+
 def _read_hf(path: Path, on_error: OnError, split: str | None) -> _Raw:
     import datasets
 
@@ -1297,5 +1344,6 @@ _READERS = {
     "csv": _read_csv,
     "tsv": _read_tsv,
     "parquet": _read_parquet,
+    "shards": _read_shards,
     "hf": _read_hf,
 }

@@ -142,6 +142,9 @@ class Step:
     Config: ClassVar[type]
     drops_rows: ClassVar[bool] = True
     """False for steps that only add columns (scores): their command writes no drops table."""
+    row_local: ClassVar[bool] = False
+    """True when each row's fate depends on that row alone (filters, scores): an executor may then run
+    the step on blocks of rows in parallel and `combine` the blocks' results."""
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -154,6 +157,22 @@ class Step:
 
     def run(self, records: pl.DataFrame) -> StepResult:
         raise NotImplementedError
+
+    def combine(self, parts: list[StepResult]) -> StepResult:
+        """One result from the results of consecutive blocks (a row-local step's, see `row_local`): rows and
+        drops in order, counts added up, the first block's parameters, each distinct message once."""
+        def once(lines):
+            return list(dict.fromkeys(line for part in parts for line in lines(part)))
+
+        counts: dict[str, int] = {}
+        for part in parts:
+            for key, value in part.counts.items():
+                counts[key] = counts.get(key, 0) + value
+        return StepResult(
+            kept=pl.concat([p.kept for p in parts], how="vertical_relaxed"),
+            drops=pl.concat([p.drops for p in parts], how="vertical_relaxed"),
+            counts=counts, parameters=parts[0].parameters, messages=once(lambda p: p.messages),
+            warnings=once(lambda p: p.warnings), note=parts[0].note)
 
     @classmethod
     def help(cls) -> str:

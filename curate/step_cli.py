@@ -20,7 +20,9 @@ from rich.markup import escape
 from curate.console import console
 from curate.drops import write_drops
 from curate.errors import InputError
+from curate.executor import EXECUTOR_ENV, EXECUTORS, LOCAL, open_executor, using
 from curate.manifest import Manifest
+from curate.ray_cluster import ADDRESS_ENV, RayOptions
 from curate.readers import read_records
 from curate.step import _UNSET, Step, StepResult, options, parameters, side_inputs
 from curate.writers import check_output, write_records
@@ -34,10 +36,12 @@ def step_command(step_class: type[Step]) -> click.Command:
                      help="Kept rows: .parquet or .jsonl."),
     ]
     params += [_click_option(f, opt) for f, opt in options(step_class.Config)]
+    params += executor_params()
 
-    def callback(input: Path, output: Path, **values: Any) -> None:
+    def callback(input: Path, output: Path, executor: str, ray_address: str | None, ray_workers: int | None,
+                 **values: Any) -> None:
         config = build_config(step_class, values)
-        run_step(step_class(config), input, output)
+        run_step(step_class(config), input, output, executor=executor_from_cli(executor, ray_address, ray_workers))
 
     return click.Command(step_class.name, params=params, callback=callback, help=step_class.help())
 
@@ -91,18 +95,41 @@ def build_config(step_class: type[Step], values: dict[str, Any]) -> Any:
         raise click.UsageError(str(exc)) from None
 
 
-def run_step(step: Step, input: Path, output: Path) -> StepResult:
-    """Read INPUT, run the step, write OUTPUT, its drops and its manifest; say what happened."""
+def executor_params() -> list[click.Option]:
+    """--executor, --ray-address and --ray-workers: where a step's heavy work runs (`curate.executor`)."""
+    return [
+        click.Option(["--executor"], type=click.Choice(EXECUTORS), default="local", envvar=EXECUTOR_ENV, show_default=True,
+                     help="Where the work runs: this process, or a Ray cluster (RAY_ADDRESS or --ray-address, "
+                          "else a local Ray instance). The results are the same."),
+        click.Option(["--ray-address"], envvar=ADDRESS_ENV, metavar="ADDRESS",
+                     help="With --executor ray: the cluster to join (HOST:PORT, ray://HOST:10001 or auto)."),
+        click.Option(["--ray-workers"], type=click.IntRange(min=1), envvar="SMALLSET_RAY_WORKERS", metavar="N",
+                     help="With --executor ray: parallel tasks or actors (default: one per CPU of the cluster)."),
+    ]
+
+
+def executor_from_cli(name: str, address: str | None, workers: int | None):
+    """The executor the flags ask for (Ray is imported only for `ray`)."""
+    if name == "local":
+        return LOCAL
+    return open_executor(name, RayOptions(address=address, workers=workers))
+
+
+def run_step(step: Step, input: Path, output: Path, executor: Any = LOCAL) -> StepResult:
+    """Read INPUT, run the step on `executor`, write OUTPUT, its drops and its manifest; say what happened."""
     check_output(output, inputs=[input, *side_inputs(step.config)])
     manifest = Manifest(f"curate {step.name}", parameters=parameters(step.config))
     manifest.models += step.models()
+    manifest.executor = executor.describe()
 
     inputs = _Inputs(manifest)
     records = inputs.records(input)  # first: manifests name the step's data as their first input
     try:
-        step.prepare(inputs)
-        with console.status(f"{step.name}: {records.height} rows"):
-            result = step.run(records)
+        with using(executor):
+            step.prepare(inputs)
+            where = "" if executor is LOCAL else f" on {executor.name} ({executor.workers} workers)"
+            with console.status(f"{step.name}: {records.height} rows{where}"):
+                result = executor.run(step, records)
     except ValueError as exc:
         raise InputError(input, str(exc)) from None
     manifest.parameters.update(result.parameters)

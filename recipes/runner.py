@@ -90,7 +90,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, from_stage: str | None = None, 
             raise RunError(f"{option} {stage}: this recipe's stages are {', '.join(names)}")
     if until_stage is not None:
         stages = stages[: names.index(until_stage) + 1]
-    with _locked(run_dir):
+    with _locked(run_dir), _executor(recipe):
         state = load_state(run_dir)
         state["recipe"] = str(recipe.path)
         if from_stage is not None:
@@ -129,6 +129,29 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, from_stage: str | None = None, 
             entry.update(status="done", finished_at=_now())
             _save(run_dir, state)
         return result
+
+
+@contextlib.contextmanager
+def _executor(recipe: Recipe) -> Iterator[None]:
+    """The recipe's executor for every command it runs (their --executor and --ray-* flags read these variables).
+
+    Not part of a stage's key: an executor changes where the work runs, not what it produces.
+    """
+    import os
+
+    wanted = {"SMALLSET_EXECUTOR": recipe.executor, "RAY_ADDRESS": recipe.ray.address,
+              "SMALLSET_RAY_WORKERS": None if recipe.ray.workers is None else str(recipe.ray.workers)}
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def is_fresh(stage: Stage, entry: dict | None, key: str) -> bool:

@@ -115,6 +115,15 @@ class Review(_Strict):
     port: int | None = None
 
 
+class RaySection(_Strict):
+    """How the recipe's steps reach Ray (`executor: ray`); the same as the `--ray-*` flags."""
+
+    address: str | None = None
+    """The cluster to join (HOST:PORT, ray://HOST:10001, auto); None: RAY_ADDRESS, else a local instance per command."""
+    workers: int | None = Field(default=None, ge=1)
+    """Parallel tasks or actors per step (None: one per CPU of the cluster)."""
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -129,6 +138,10 @@ class Recipe(_Strict):
     """Options of `train eval`, plus two of the run's own: `curve` (options of `train curve`: a learning
     curve of the training set, whose knee `select` without a size takes) and `ablate` (curation steps
     or sources to leave out one at a time, each variant trained and scored beside the full pipeline)."""
+
+    executor: Literal["local", "ray"] = "local"
+    """Where the curate steps and the teacher run (`curate.executor`); the results, hence the stage keys, are the same."""
+    ray: RaySection = Field(default_factory=RaySection)
 
     path: Path = Field(default=Path("recipe.yaml"), exclude=True)
 

@@ -56,7 +56,8 @@ class Stage:
 
 
 def digest(path: Path) -> str:
-    """Content hash of a file, or of every file in a folder (names and contents; a trainer's checkpoints left out)."""
+    """Content hash of a file, or of every file in a folder (names and contents; a trainer's checkpoints left out;
+    a folder of Parquet shards by its shards, as its manifest hashes it: `curate.manifest.content_hash`)."""
     path = Path(path)
     if not path.exists():
         return "missing"

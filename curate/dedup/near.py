@@ -47,6 +47,7 @@ __all__ = [
     "hashfunc",
     "near_duplicate_clusters",
     "near_duplicate_pairs",
+    "near_pairs",
     "normalize",
     "shingle_jaccard",
     "shingles",
@@ -557,12 +558,12 @@ def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float]) ->
     return best
 
 
-def _band_candidates(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(k, 2) int64 pairs i < j, sorted, of columns identical in at least one band.
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(live, keys): the columns that have shingles, and a 64-bit key per band and live column ((bands, live) uint64).
 
-    One band at a time: a 64-bit key per column (a polynomial over its rows, mixed),
-    sort, and every pair inside a run of equal keys. A key collision between different
-    bands can only add a candidate, which verification then rejects.
+    A band's key is a polynomial over its rows, mixed; two columns share a band when their keys
+    are equal (a collision can only add a candidate, which verification then rejects). A column
+    is computed from its own signature alone, so shards of the columns get the same keys.
     """
     n = sig.shape[1]
     empty = np.ones(n, dtype=bool)  # no shingles (every value still datasketch's empty value)
@@ -572,14 +573,24 @@ def _band_candidates(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
             break
     live = np.flatnonzero(~empty)
     sub = sig if len(live) == n else sig[:, live]
-    found = []
+    keys = np.empty((bands, len(live)), dtype=np.uint64)
     for band in range(bands):
         block = sub[band * rows : (band + 1) * rows]
         key = block[0].astype(np.uint64)
         for row in block[1:]:
             key *= _NP_Q
             key += row
-        key = _fmix(key, 64)
+        keys[band] = _fmix(key, 64)
+    return live, keys
+
+
+def _band_candidates(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(k, 2) int64 pairs i < j, sorted, of columns identical in at least one band: per band, sort the
+    keys and take every pair inside a run of equal keys."""
+    n = sig.shape[1]
+    live, keys = band_keys(sig, bands, rows)
+    found = []
+    for key in keys:
         order = np.argsort(key)
         ordered = key[order]
         same = ordered[1:] == ordered[:-1]
@@ -594,12 +605,14 @@ def _band_candidates(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return pairs.astype(np.int64)
 
 
-def _run_pairs(order: np.ndarray, same: np.ndarray) -> np.ndarray:
-    """Every pair within each run of equal sorted keys, as i * n + j codes with i < j."""
-    n = len(order)
+def _run_pairs(order: np.ndarray, same: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Every pair within each run of equal sorted keys, as i * n + j codes with i < j (`order`'s values
+    are the row numbers; `n` defaults to their count)."""
+    n = len(order) if n is None else n
+    runs = len(order)
     head = np.concatenate([[True], ~same])
     run_start = np.flatnonzero(head)
-    run_len = np.diff(np.append(run_start, n))
+    run_len = np.diff(np.append(run_start, runs))
     keep = run_len > 1
     run_start, run_len = run_start[keep], run_len[keep]
     # position p at offset t in a run of length L pairs with the L - 1 - t positions after it
@@ -633,7 +646,8 @@ def _verify(pairs: np.ndarray, runner: _Runner) -> np.ndarray:
     return np.concatenate(results) if results else np.empty(0, dtype=np.float64)
 
 
-def _pairs(texts: Sequence[str], config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+def near_pairs(texts: Sequence[str], config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs (k, 2) sorted with i < j, jaccard (k,)) of the near duplicates, as `near_duplicate_pairs` lists them."""
     runner = _Runner(config, texts)
     try:
         sig = _signatures(config, runner)
@@ -660,7 +674,7 @@ def near_duplicate_pairs(texts: Sequence[str], config: NearDedupConfig | None = 
     normalization) are never paired.
     """
     config = config or NearDedupConfig()
-    pairs, similarity = _pairs(texts, config)
+    pairs, similarity = near_pairs(texts, config)
     return [(i, j, s) for (i, j), s in zip(pairs.tolist(), similarity.tolist())]
 
 
@@ -676,7 +690,7 @@ def near_duplicate_clusters(texts: Sequence[str], config: NearDedupConfig | None
 
     config = config or NearDedupConfig()
     n = len(texts)
-    pairs, _ = _pairs(texts, config)
+    pairs, _ = near_pairs(texts, config)
     graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, label = connected_components(graph, directed=False)
     root = np.full(label.max() + 1 if n else 0, n, dtype=np.int64)

@@ -14,11 +14,11 @@ import numpy as np
 import polars as pl
 
 from curate.dedup.clusters import KEEP_POLICIES, KeepPolicy, cluster, keep_rank
-from curate.dedup.exact import exact_pairs
-from curate.dedup.near import NearDedupConfig, near_duplicate_pairs
-from curate.dedup.semantic import SemanticDedupConfig, semantic_pairs
-from curate.embeddings import embed
+from curate.dedup.near import NearDedupConfig
+from curate.dedup.semantic import SemanticDedupConfig
 from curate.drops import empty_drops, make_drops
+from curate.embeddings import embed
+from curate.executor import current
 from curate.step import Step, StepResult, embedder_model, embedder_option, fields_option, option, unit_interval
 from curate.text import field_text, match_text
 
@@ -136,14 +136,13 @@ def _texts(df: pl.DataFrame, config: DedupConfig) -> pl.Series:
 
 
 def _exact(df: pl.DataFrame, config: DedupConfig, progress: bool):
-    return exact_pairs(_texts(df, config)), lambda a, b: np.ones(len(a))
+    return current().exact_pairs(_texts(df, config)), lambda a, b: np.ones(len(a))
 
 
 def _near(df: pl.DataFrame, config: DedupConfig, progress: bool):
     texts = _texts(df, config).to_list()
-    found = near_duplicate_pairs(texts, config.near)
-    known = {(min(i, j), max(i, j)): s for i, j, s in found}
-    pairs = np.array([(i, j) for i, j, _ in found], dtype=np.int64).reshape(-1, 2)
+    pairs, jaccard = current().near_pairs(texts, config.near)
+    known = dict(zip(map(tuple, pairs.tolist()), jaccard.tolist()))
 
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         from curate.dedup.near import shingle_jaccard
@@ -160,7 +159,7 @@ def _near(df: pl.DataFrame, config: DedupConfig, progress: bool):
 def _semantic(df: pl.DataFrame, config: DedupConfig, progress: bool):
     texts = df.select(field_text(config.fields)).to_series().to_list()
     vectors = embed(texts, config.semantic.model, config.semantic.batch_size, progress=progress)
-    pairs, _ = semantic_pairs(vectors, config.semantic)
+    pairs, _ = current().semantic_pairs(vectors, config.semantic)
     return pairs, lambda a, b: np.einsum("ij,ij->i", vectors[a], vectors[b]).astype(np.float64)
 
 

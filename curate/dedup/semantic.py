@@ -36,47 +36,66 @@ class SemanticDedupConfig:
         if not 0 < self.threshold <= 1:
             raise ValueError(f"semantic threshold must be in (0, 1], got {self.threshold}")
 
+    def uses_index(self, rows: int) -> bool:
+        """Whether `rows` vectors are searched with the HNSW index (else exactly)."""
+        return self.index == "faiss" or (self.index == "auto" and rows > self.exact_limit)
+
 
 def semantic_pairs(vectors: np.ndarray, config: SemanticDedupConfig) -> tuple[np.ndarray, np.ndarray]:
     """(pairs (k, 2) with i < j, cosine (k,)) for every pair at or above the threshold."""
-    use_faiss = config.index == "faiss" or (config.index == "auto" and len(vectors) > config.exact_limit)
-    if use_faiss:
+    if config.uses_index(len(vectors)):
         return _hnsw_pairs(vectors, config.threshold, config.neighbours)
     return _exact_pairs(vectors, config.threshold)
 
 
-def _exact_pairs(vectors: np.ndarray, threshold: float, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    n = len(vectors)
-    found_i, found_j, found_s = [], [], []
-    for start in range(0, n, block):
-        sims = vectors[start : start + block] @ vectors[start:].T  # only j >= start: the upper triangle
-        rows, cols = np.nonzero(sims >= threshold)
-        cols = cols + start
-        rows_abs = rows + start
-        upper = cols > rows_abs
-        found_i.append(rows_abs[upper])
-        found_j.append(cols[upper])
-        found_s.append(sims[rows[upper], cols[upper] - start])
-    return _stack(found_i, found_j, found_s)
+BLOCK = 512
+"""Rows per block of the exact search (one matrix product of BLOCK x the rows after them)."""
 
 
-def _hnsw_pairs(vectors: np.ndarray, threshold: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _exact_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    found = [block_pairs(vectors, start, threshold) for start in range(0, len(vectors), BLOCK)]
+    return _stack(*zip(*found)) if found else _stack([], [], [])
+
+
+def block_pairs(vectors: np.ndarray, start: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, cosine) of the pairs i < j with i in rows [start, start + BLOCK) (only j > i: the upper triangle)."""
+    sims = vectors[start : start + BLOCK] @ vectors[start:].T
+    rows, cols = np.nonzero(sims >= threshold)
+    upper = cols > rows  # both counted from `start`
+    return rows[upper] + start, cols[upper] + start, sims[rows[upper], cols[upper]]
+
+
+def hnsw_index(vectors: np.ndarray, k: int):
+    """A faiss HNSW index of `vectors` (inner product) set up to search `k` neighbours."""
     import faiss
 
     index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 64
     index.add(vectors)
     index.hnsw.efSearch = max(64, 2 * k)
-    sims, neighbours = index.search(vectors, k + 1)
-    rows = np.repeat(np.arange(len(vectors)), neighbours.shape[1])
+    return index
+
+
+def hnsw_neighbours(index, queries: np.ndarray, offset: int, threshold: float, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, cosine) with i < j for the neighbours at or above `threshold` of rows offset.. (the queries)."""
+    sims, neighbours = index.search(queries, k + 1)
+    rows = np.repeat(np.arange(len(queries)) + offset, neighbours.shape[1])
     cols, sims = neighbours.ravel(), sims.ravel()
     keep = (cols >= 0) & (sims >= threshold) & (cols != rows)
-    i, j = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
-    pairs, first = np.unique(np.stack([i, j], axis=1), axis=0, return_index=True)
-    return pairs.astype(np.int64), sims[keep][first].astype(np.float64)
+    return np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep]), sims[keep]
 
 
-def _stack(i: list, j: list, s: list) -> tuple[np.ndarray, np.ndarray]:
+def unique_pairs(i: np.ndarray, j: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair once (a pair is found from both of its rows), sorted."""
+    pairs, first = np.unique(np.stack([i, j], axis=1).reshape(-1, 2), axis=0, return_index=True)
+    return pairs.astype(np.int64), sims[first].astype(np.float64)
+
+
+def _hnsw_pairs(vectors: np.ndarray, threshold: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return unique_pairs(*hnsw_neighbours(hnsw_index(vectors, k), vectors, 0, threshold, k))
+
+
+def _stack(i, j, s) -> tuple[np.ndarray, np.ndarray]:
     if not i:
         return np.empty((0, 2), dtype=np.int64), np.empty(0)
     return np.stack([np.concatenate(i), np.concatenate(j)], axis=1).astype(np.int64), np.concatenate(s).astype(np.float64)
