@@ -142,16 +142,22 @@ def _exact(df: pl.DataFrame, config: DedupConfig, progress: bool):
 def _near(df: pl.DataFrame, config: DedupConfig, progress: bool):
     texts = _texts(df, config).to_list()
     pairs, jaccard = current().near_pairs(texts, config.near)
-    known = dict(zip(map(tuple, pairs.tolist()), jaccard.tolist()))
+    n = np.int64(len(texts))
+    codes = pairs[:, 0] * n + pairs[:, 1]  # sorted, as the pairs are: 8 bytes a pair, not a dict entry
+    order = np.argsort(codes, kind="stable")
+    codes, jaccard = codes[order], jaccard[order]
 
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         from curate.dedup.near import shingle_jaccard
 
+        wanted = np.minimum(a, b) * n + np.maximum(a, b)
+        at = np.minimum(np.searchsorted(codes, wanted), max(len(codes) - 1, 0))
+        found = (codes[at] == wanted) if len(codes) else np.zeros(len(wanted), dtype=bool)
         # A row may join its keeper through a chain; then measure it against the keeper directly.
         return np.array([
-            known.get((min(i, j), max(i, j))) or shingle_jaccard(texts[i], texts[j], config.near)
-            for i, j in zip(a.tolist(), b.tolist())
-        ])
+            jaccard[k] if hit else shingle_jaccard(texts[i], texts[j], config.near)
+            for i, j, k, hit in zip(a.tolist(), b.tolist(), at.tolist(), found.tolist())
+        ], dtype=np.float64)
 
     return pairs, similarity
 
