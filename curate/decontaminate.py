@@ -50,7 +50,7 @@ import polars as pl
 
 from curate.dedup.near import NearDedupConfig, near_duplicate_pairs
 from curate.drops import empty_drops, make_drops
-from curate.step import Step, StepResult, fields_option, option, unit_interval
+from curate.step import Step, StepResult, fields_option, normalize_option, option, unit_interval
 from curate.text import match_text
 
 Weighting = Literal["idf", "none"]
@@ -118,6 +118,8 @@ class DecontaminationConfig:
     """The MinHash check (its threshold is a Jaccard similarity); False leaves only the n-gram check."""
     fields: tuple[str, ...] = fields_option()
     """Compared text: by default everything, so that a test prompt paired with any answer counts."""
+    normalize: tuple[str, ...] = normalize_option()
+    """How compared text is normalized (`curate.text.NORMALIZATIONS`), as in dedup."""
     near: NearDedupConfig | None = field(init=False)
     """The MinHash check's settings (None: off)."""
 
@@ -267,8 +269,8 @@ def decontaminate(train: pl.DataFrame, evaluation: pl.DataFrame, config: Deconta
         raise ValueError("the training set is empty")
     if evaluation.height == 0:
         raise ValueError("the evaluation set is empty")
-    whole_train = train.select(match_text(config.fields)).to_series().to_list()
-    whole_eval = evaluation.select(match_text(config.fields)).to_series().to_list()
+    whole_train = train.select(match_text(config.fields, config.normalize)).to_series().to_list()
+    whole_eval = evaluation.select(match_text(config.fields, config.normalize)).to_series().to_list()
     eval_ids = evaluation["id"].to_list()
     n, n_pool = config.ngram, train.height + evaluation.height
     cap = _cap(config, n_pool)

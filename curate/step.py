@@ -200,6 +200,15 @@ def fields_option(default: tuple[str, ...] | None = None, help: str | None = Non
                   parse=parse_fields, cli_default=",".join(default))
 
 
+def normalize_option() -> Any:
+    """How compared text is normalized (`curate.text.NORMALIZATIONS`), given as "lower,punct" or "none"."""
+    from curate.text import BEFORE_NORMALIZATION, DEFAULT_NORMALIZATION, NORMALIZATIONS, parse_normalization
+
+    return option(DEFAULT_NORMALIZATION, f"Normalization of compared text besides NFKC and whitespace: comma-separated "
+                  f"{'/'.join(NORMALIZATIONS)}, or none ({','.join(BEFORE_NORMALIZATION)}: before 0.3).",
+                  parse=parse_normalization, cli_default=",".join(DEFAULT_NORMALIZATION))
+
+
 def embedder_option(help: str = "Embedding model spec (default: packaged all-MiniLM-L6-v2).") -> Any:
     return option(None, help)
 

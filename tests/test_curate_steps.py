@@ -63,7 +63,8 @@ def test_dedup_finds_and_explains_planted_duplicates(corpus):
     assert near["duplicate_of"] == raw["id"][2]  # the original row 2 is the keeper
     assert kept.filter(pl.col("id") == raw["id"][0])["dedup_cluster_size"].item() == 2
     manifest = read_manifest(tmp / "dedup.parquet")
-    assert manifest["counts"] == {"in": 43, "out": 40, "dropped": 3, "dropped_exact_duplicate": 2, "dropped_near_duplicate": 1}
+    assert manifest["counts"] == {"in": 43, "out": 40, "dropped": 3, "dropped_exact_duplicate": 2, "dropped_near_duplicate": 1,
+                                  "label_conflict_flagged": 0}  # labelled rows: conflicts are looked for
 
 
 def test_keep_longest_keeps_the_longer_copy(corpus, tmp_path):
