@@ -219,6 +219,78 @@ def _short(text: str, width: int = 160) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _threshold(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A threshold option: a number, or `off` for None (the check does not run)."""
+    if value is None or str(value).strip().lower() == "off":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number nor 'off'") from None
+
+
+@main.command()
+@click.argument("current", type=click.Path(path_type=Path))
+@click.option("--against", "reference", required=True, type=click.Path(path_type=Path),
+              help="REFERENCE: what CURRENT is compared with, e.g. a run's training set (any dataset the readers take).")
+@click.option("--fields", default="auto", show_default=True,
+              help="Text compared: comma-separated system/user/assistant/label; auto: user for classification rows, "
+                   "else user,assistant.")
+@click.option("--max-rows", type=int, default=2000, show_default=True, help="Rows of each side compared (a seeded sample).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample, folds and shuffles.")
+@click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds of the domain classifier.")
+@click.option("--permutations", type=int, default=100, show_default=True,
+              help="Shuffles behind each permutation p-value (at least 1/alpha).")
+@click.option("--alpha", type=float, default=0.01, show_default=True, help="Significance level of every test.")
+@click.option("--auc-threshold", default="0.65", show_default=True, callback=_threshold, metavar="AUC|off",
+              help="Domain-classifier ROC AUC that is drift (with p < alpha).")
+@click.option("--mmd/--no-mmd", default=True, show_default=True, help="MMD test on the embeddings (drift when p < alpha).")
+@click.option("--label-js-threshold", default="0.1", show_default=True, callback=_threshold, metavar="JS|off",
+              help="Jensen-Shannon distance of the label shares that is drift (with chi-square p < alpha).")
+@click.option("--length-ks-threshold", default="0.2", show_default=True, callback=_threshold, metavar="KS|off",
+              help="KS statistic of the word counts that is drift (with p < alpha).")
+@click.option("--language-js-threshold", default="0.1", show_default=True, callback=_threshold, metavar="JS|off",
+              help="Jensen-Shannon distance of the language shares that is drift (with chi-square p < alpha).")
+@click.option("--top-terms", type=int, default=10, show_default=True, help="Separating terms listed per side.")
+@click.option("--examples", type=int, default=5, show_default=True, help="CURRENT rows farthest from REFERENCE listed.")
+@click.option("--embedder", help="Embedding model spec (default: packaged all-MiniLM-L6-v2).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every figure here, with a top-level \"drift\".")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="HTML report with the plots.")
+@click.option("--title", help="Title of the HTML report.")
+@click.option("--fail-on-drift", is_flag=True, help="Exit with status 3 when drift is found.")
+def drift(current: Path, reference: Path, fields: str, json_path: Path | None, output: Path | None, title: str | None,
+          fail_on_drift: bool, **options) -> None:
+    """Tell whether CURRENT drifted from REFERENCE: embeddings, labels, lengths, languages, and what changed.
+
+    Input drift is a domain classifier's cross-validated ROC AUC and an MMD test on the
+    embeddings, each with a permutation p-value; label drift the label shares (chi-square,
+    Jensen-Shannon). A check finds drift when its figure reaches its threshold and its
+    p-value is below --alpha; the verdict is drift when any check finds it.
+
+    \b
+    Example:
+      curate drift new_tickets.jsonl --against runs/support-tickets/review/accepted.parquet --json drift.json -o drift.html
+    """
+    from curate.drift import DriftConfig, run_drift, summary_lines
+    from curate.text import parse_fields_or_auto
+
+    try:
+        config = DriftConfig(fields=parse_fields_or_auto(fields), **options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with console.status(f"comparing {current} with {reference}"):
+        result = run_drift(current, reference, config, json_path=json_path, html_path=output, title=title,
+                           parameters={"against": str(reference), "json": json_path and str(json_path),
+                                       "output": output and str(output), "title": title, "fail_on_drift": fail_on_drift})
+    for line in summary_lines(result):
+        console.print(line, style="bold red" if line.startswith("DRIFT") else None, highlight=False, markup=False)
+    for path in (json_path, output):
+        if path is not None:
+            console.print(f"[green]wrote[/] {path}")
+    if fail_on_drift and result.drift:
+        raise SystemExit(3)
+
+
 @main.command()
 @click.option("--llm", help="LLM spec: 'default', a local folder or a hub id (env SMALLSET_LLM).")
 @click.option("--embedder", help="Embedding model spec (env SMALLSET_EMBEDDER).")
@@ -233,6 +305,10 @@ def models(llm: str | None, embedder: str | None) -> None:
 from curate.review.cli import review as review_group  # noqa: E402 (standard library only at import)
 
 main.add_command(review_group, "review")
+
+from curate.export import export as export_command  # noqa: E402
+
+main.add_command(export_command, "export")
 
 
 if __name__ == "__main__":
