@@ -9,7 +9,8 @@ and queries answered in Python over a dataset's documents. That is plenty for
 the few thousand records a review round holds, and the file survives restarts.
 
 It runs inside the server's own virtualenv, so it imports only the standard
-library and `argilla_server`. Select it with `ARGILLA_SEARCH_ENGINE=smallset`
+library, `argilla_server` and numpy (which argilla-server brings, through
+`datasets`). Select it with `ARGILLA_SEARCH_ENGINE=smallset`
 in a process that imported this module first (see `launcher.py`). The index
 file is `$SMALLSET_SEARCH_INDEX`, else `search-index.sqlite3` in Argilla's
 home folder.
@@ -17,33 +18,43 @@ home folder.
 What mirrors Elasticsearch's behaviour in Argilla (so that the web UI and the
 SDK see the same answers):
 
-* text search: `simple_query_string` semantics on the text of the record's
-  fields (all, or the one named): terms are AND-ed, `a | b` is OR, `-a`
-  excludes, `"a b"` is a phrase, `ab*` a prefix; case-insensitive word
-  tokens; BM25 scores;
+* text search: Elasticsearch's `simple_query_string` (Lucene's SimpleQueryParser,
+  with the options Argilla sends) on the text of the record's fields (all, or
+  the one named): terms are AND-ed, `a | b` is OR, `-a` excludes, `(...)` groups,
+  operators bind left to right, `"a b"` is a phrase and `"a b"~N` one with slop
+  N, `ab*` a prefix, `abc~N` a fuzzy term (at most N edits, 2 for a bare `~`);
+  a malformed query degrades as there (an unclosed `(` or `"` is ignored);
+  case-insensitive word tokens; BM25 scores;
 * filters: terms and ranges on record properties, metadata, suggestions and
   responses (per user, including the UI's "pending" = no response by me);
 * sorting: any scope, missing values last; without a sort, by score, or in
   insertion order; for a user's own view (`user_id`), in a random order that
   is stable per user, as Argilla does to spread annotators over records;
 * metrics: terms counts and numeric min/max of metadata; dataset progress;
-* similarity search: cosine, score `(1 + cos) / 2`, most or least similar.
+* similarity search: cosine, score `(1 + cos) / 2`, most or least similar,
+  from a float32 matrix per vector setting that each process builds once from
+  the stored vectors and then updates with the rows written or deleted since
+  (every vector write takes a revision), not from a scan of the table.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
 import re
 import sqlite3
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, List, Optional, Union
 from uuid import UUID
+
+import numpy as np
 
 from argilla_server.enums import (
     MetadataPropertyType,
@@ -72,10 +83,11 @@ from argilla_server.search_engine import (
     TermsMetrics,
     TextQuery,
 )
+from argilla_server.search_engine.commons import es_simple_query_string
 
 ENGINE_NAME = "smallset"
 INDEX_ENV = "SMALLSET_SEARCH_INDEX"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: vectors as float32 blobs with a revision, and deletions kept for other processes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -90,12 +102,20 @@ CREATE TABLE IF NOT EXISTS vectors (
     record_id TEXT NOT NULL,
     settings_id TEXT NOT NULL,
     dataset_id TEXT NOT NULL,
-    value TEXT NOT NULL,
+    value BLOB NOT NULL,
+    rev INTEGER NOT NULL,
     PRIMARY KEY (record_id, settings_id)
 );
-CREATE INDEX IF NOT EXISTS vectors_by_settings ON vectors (settings_id);
+CREATE INDEX IF NOT EXISTS vectors_by_settings ON vectors (settings_id, rev);
+CREATE INDEX IF NOT EXISTS vectors_by_dataset ON vectors (dataset_id);
+CREATE TABLE IF NOT EXISTS vector_deletions (settings_id TEXT NOT NULL, record_id TEXT NOT NULL, rev INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS vector_deletions_by_settings ON vector_deletions (settings_id, rev);
 CREATE TABLE IF NOT EXISTS versions (dataset_id TEXT PRIMARY KEY, version INTEGER NOT NULL);
 """
+_FLOAT32 = np.dtype("<f4")
+# Deletions are kept for processes whose matrices are behind; past this many the oldest half goes
+# (a process behind those rebuilds its matrix from the table).
+_DELETIONS_KEPT = 100_000
 
 
 # --------------------------------------------------------------------------- storage
@@ -141,16 +161,20 @@ class _Store:
         self.conn.execute("PRAGMA busy_timeout = 30000")
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
-        with self.transaction():
+        with self.transaction() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if found is not None and int(found[0]) < 2:
+                _vectors_to_blobs(conn)
             for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                self.conn.execute(statement)
-            self.conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+                conn.execute(statement)
+            _set_meta(conn, "schema_version", max(SCHEMA_VERSION, int(found[0]) if found else 0))
         # Parsed documents per dataset, and views derived from them (text index, sort
         # keys, a user's order), reused while the dataset's version is unchanged.
         self.cache: dict[str, tuple[int, list[dict]]] = {}
         self.views: dict[str, dict[Any, Any]] = {}
+        # Each vector setting's matrix, kept up to date from the table's revisions.
+        self.matrices: dict[str, _VectorIndex] = {}
 
     def transaction(self, immediate: bool = True) -> "_Transaction":
         """Writes take the write lock up front; reads (immediate=False) see one snapshot."""
@@ -221,6 +245,190 @@ class _Store:
             self.bump([dataset_id])
 
 
+    def vector_index(self, settings_id: str, dimensions: int) -> "_VectorIndex":
+        """The setting's matrix as of now: built once, then brought up to date with what changed since.
+
+        Every write of vectors takes a new revision (`vector_rev`) and stamps the rows it
+        writes and the deletions it records with it, so that a process (another API
+        worker, the rq worker) reads only rows newer than its matrix.
+        """
+        with self.lock, self.transaction(immediate=False) as conn:
+            rev = _meta_int(conn, "vector_rev")
+            index = self.matrices.get(settings_id)
+            if index is not None and index.dimensions == dimensions and index.rev == rev:
+                return index
+            if index is None or index.dimensions != dimensions or index.rev < _meta_int(conn, "vector_deletions_pruned"):
+                index = _VectorIndex(dimensions)
+                changed = conn.execute(
+                    "SELECT record_id, value FROM vectors WHERE settings_id = ? ORDER BY rowid", (settings_id,)
+                ).fetchall()
+            else:
+                gone = conn.execute(
+                    "SELECT record_id FROM vector_deletions WHERE settings_id = ? AND rev > ?", (settings_id, index.rev)
+                ).fetchall()
+                index.remove(record_id for (record_id,) in gone)
+                changed = conn.execute(
+                    "SELECT record_id, value FROM vectors WHERE settings_id = ? AND rev > ? ORDER BY rowid",
+                    (settings_id, index.rev),
+                ).fetchall()
+            index.put(changed)
+            index.rev = rev
+            self.matrices[settings_id] = index
+            return index
+
+
+def _meta_int(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                 (key, str(value)))
+
+
+def _vector_blob(value: Iterable[float]) -> bytes:
+    return np.asarray(list(value), dtype=_FLOAT32).tobytes()
+
+
+def _vectors_to_blobs(conn: sqlite3.Connection) -> None:
+    """Schema 1 kept vectors as JSON text: rewrite them as float32 blobs at revision 0."""
+    old = conn.execute("SELECT record_id, settings_id, dataset_id, value FROM vectors").fetchall()
+    conn.execute("DROP TABLE vectors")
+    for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+        conn.execute(statement)
+    conn.executemany(
+        "INSERT INTO vectors (record_id, settings_id, dataset_id, value, rev) VALUES (?, ?, ?, ?, 0)",
+        [(record_id, settings_id, dataset_id, _vector_blob(json.loads(value))) for record_id, settings_id, dataset_id, value in old],
+    )
+
+
+def _next_vector_rev(conn: sqlite3.Connection) -> int:
+    """A new revision for the vector rows this write transaction changes (writes are serialized)."""
+    rev = _meta_int(conn, "vector_rev") + 1
+    _set_meta(conn, "vector_rev", rev)
+    return rev
+
+
+def _vector_keys(conn: sqlite3.Connection, record_ids: list[str]) -> set[tuple[str, str]]:
+    """The (record, setting) pairs that have a vector, for these records."""
+    found: set[tuple[str, str]] = set()
+    for start in range(0, len(record_ids), 500):
+        chunk = record_ids[start : start + 500]
+        found.update(conn.execute(
+            f"SELECT record_id, settings_id FROM vectors WHERE record_id IN ({','.join('?' * len(chunk))})", chunk
+        ).fetchall())
+    return found
+
+
+def _delete_vectors(conn: sqlite3.Connection, keys: Iterable[tuple[str, str]], rev: int) -> None:
+    """Delete vectors and record the deletions, so that other processes drop them from their matrices."""
+    keys = list(keys)
+    if not keys:
+        return
+    conn.executemany("DELETE FROM vectors WHERE record_id = ? AND settings_id = ?", keys)
+    conn.executemany("INSERT INTO vector_deletions (settings_id, record_id, rev) VALUES (?, ?, ?)",
+                     [(settings_id, record_id, rev) for record_id, settings_id in keys])
+    (count,) = conn.execute("SELECT count(*) FROM vector_deletions").fetchone()
+    if count > _DELETIONS_KEPT:
+        (cutoff,) = conn.execute("SELECT rev FROM vector_deletions ORDER BY rev DESC LIMIT 1 OFFSET ?",
+                                 (_DELETIONS_KEPT // 2,)).fetchone()
+        conn.execute("DELETE FROM vector_deletions WHERE rev <= ?", (cutoff,))
+        _set_meta(conn, "vector_deletions_pruned", cutoff)
+
+
+class _VectorIndex:
+    """One vector setting's vectors as a float32 matrix of unit rows, one row per record.
+
+    A deleted record's row is reused by the next new one. Rows that cannot be
+    compared (zero or not finite) stay in it, unusable, as they were skipped before.
+    """
+
+    def __init__(self, dimensions: int) -> None:
+        self.dimensions = dimensions
+        self.rev = -1
+        self.slots: dict[str, int] = {}
+        self.ids: list[Optional[str]] = []  # by slot
+        self.free: list[int] = []
+        self.used = 0
+        self.matrix = np.zeros((0, dimensions), dtype=np.float32)
+        self.usable = np.zeros(0, dtype=bool)
+
+    def remove(self, record_ids: Iterable[str]) -> None:
+        for record_id in record_ids:
+            slot = self.slots.pop(record_id, None)
+            if slot is not None:
+                self.usable[slot] = False
+                self.ids[slot] = None
+                self.free.append(slot)
+
+    def put(self, rows: list[tuple[str, bytes]]) -> None:
+        """Add or replace rows; a vector of another length than the setting's leaves the matrix."""
+        width = self.dimensions * _FLOAT32.itemsize
+        self.remove(record_id for record_id, blob in rows if len(blob) != width)
+        rows = [(record_id, blob) for record_id, blob in rows if len(blob) == width]
+        if not rows:
+            return
+        values = np.frombuffer(b"".join(blob for _, blob in rows), dtype=_FLOAT32).reshape(len(rows), self.dimensions)
+        norms = np.linalg.norm(values.astype(np.float64), axis=1)
+        usable = np.isfinite(norms) & (norms > 0)
+        units = np.zeros(values.shape, dtype=np.float32)
+        units[usable] = values[usable] / norms[usable, None]
+        slots = np.array([self._slot(record_id) for record_id, _ in rows])
+        self.matrix[slots] = units
+        self.usable[slots] = usable
+
+    def _slot(self, record_id: str) -> int:
+        slot = self.slots.get(record_id)
+        if slot is None:
+            if self.free:
+                slot = self.free.pop()
+            else:
+                if self.used == len(self.matrix):
+                    capacity = max(64, 2 * len(self.matrix))
+                    self.matrix = np.concatenate([self.matrix, np.zeros((capacity - len(self.matrix), self.dimensions),
+                                                                        dtype=np.float32)])
+                    self.usable = np.concatenate([self.usable, np.zeros(capacity - len(self.usable), dtype=bool)])
+                slot, self.used = self.used, self.used + 1
+                self.ids.append(None)
+            self.slots[record_id] = slot
+            self.ids[slot] = record_id
+        return slot
+
+    def vector(self, record_id: str) -> Optional[list[float]]:
+        """A record's vector (scaled to length 1), or None when it has none of this setting's length."""
+        slot = self.slots.get(record_id)
+        return None if slot is None else self.matrix[slot].tolist()
+
+    def search(self, value: List[float], candidates: Optional[Iterable[str]], excluded: Optional[str], sign: float,
+               threshold: Optional[float], limit: int) -> list[tuple[float, str]]:
+        """(score, record id) of the best rows among `candidates` (None: all): score (1 + sign * cos) / 2."""
+        query = np.asarray(value, dtype=np.float64)
+        norm = float(np.linalg.norm(query)) if query.shape == (self.dimensions,) else 0.0
+        if not (norm > 0 and math.isfinite(norm)) or limit <= 0:
+            return []
+        # einsum, not `@`: a matrix-vector product needs one core, and BLAS's threads, one set per API process
+        # on two cores, made a slow request in twenty (p95 50 ms against 1 ms).
+        cosines = np.einsum("ij,j->i", self.matrix[: self.used], (query / norm).astype(np.float32))
+        scores = (1 + sign * np.clip(cosines, -1, 1).astype(np.float64)) / 2
+        if candidates is None:
+            mask = self.usable[: self.used].copy()
+        else:
+            mask = np.zeros(self.used, dtype=bool)
+            mask[[slot for slot in map(self.slots.get, candidates) if slot is not None]] = True
+            mask &= self.usable[: self.used]
+        if excluded is not None and excluded in self.slots:
+            mask[self.slots[excluded]] = False
+        if threshold is not None:
+            mask &= scores >= threshold
+        rows = np.flatnonzero(mask)
+        if len(rows) > limit:  # the best `limit` rows; of those tied with the last one, the first rows
+            kth = np.partition(scores[rows], len(rows) - limit)[len(rows) - limit]
+            rows = np.concatenate([rows[scores[rows] > kth], rows[scores[rows] == kth]])[:limit]
+        rows = rows[np.lexsort((rows, -scores[rows]))]  # best first, ties in row order
+        return [(float(scores[row]), self.ids[row]) for row in rows]
+
+
 class _Transaction:
     def __init__(self, store: _Store, immediate: bool) -> None:
         self.store, self.immediate = store, immediate
@@ -288,109 +496,503 @@ def _suggestion_document(suggestion: Suggestion) -> dict:
 
 
 # --------------------------------------------------------------------------- text search
+#
+# Elasticsearch answers Argilla's text search with `simple_query_string`, which is
+# Lucene's SimpleQueryParser: `+` and, `|` or, `-` not, `"..."` phrase, `"..."~N` a
+# phrase with slop N, `word~N` a fuzzy term (N edits at most 2, a bare `~` is 2),
+# `word*` a prefix, `(...)` precedence, `\` escapes. Operators bind left to right
+# (`a | b c` is `(a | b) c`); what cannot be parsed is ignored, never an error (an
+# unclosed `(` or `"` is read as an ordinary character, a `~x` as no fuzziness).
+# The parser below follows Lucene's code step by step, so that a query means here
+# what it means in Argilla on Elasticsearch; the options Argilla sends with it
+# (operator, fuzzy expansions and transpositions) are read from argilla-server.
 
 _TOKEN = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
 _BM25_K1, _BM25_B = 1.2, 0.75
+_QUERY_OPTIONS = es_simple_query_string("fields.*", "")["simple_query_string"]
+MUST, SHOULD, MUST_NOT = "must", "should", "must_not"
+_DEFAULT_OPERATOR = MUST if str(_QUERY_OPTIONS.get("default_operator", "OR")).upper() == "AND" else SHOULD
+_FUZZY_MAX_EXPANSIONS = int(_QUERY_OPTIONS.get("fuzzy_max_expansions", 50))
+_FUZZY_TRANSPOSITIONS = bool(_QUERY_OPTIONS.get("fuzzy_transpositions", True))
+_MAX_EDITS = 2  # Lucene's LevenshteinAutomata.MAXIMUM_SUPPORTED_DISTANCE
+_WHITESPACE = " \t\n\r"
+# Positions of different fields (and chat messages) are this far apart, so that no phrase spans two.
+_SEGMENT_GAP = 1 << 32
+_CODE_WIDTH = 40  # characters of each token kept for the fuzzy search's arrays
 
 
 def _tokens(text: str) -> list[str]:
     return [token.lower() for token in _TOKEN.findall(text)]
 
 
-def _field_text(value: Any) -> str:
+def _segments(value: Any) -> list[str]:
+    """The texts of a field value that Elasticsearch indexes apart: a string, or each chat message's content."""
     if value is None:
-        return ""
+        return []
     if isinstance(value, str):
-        return value
+        return [value]
     if isinstance(value, list):  # chat: [{"role": ..., "content": ...}, ...]
-        return "\n".join(
-            str(item.get("content", "")) if isinstance(item, dict) else _field_text(item) for item in value
-        )
+        return [
+            text
+            for item in value
+            for text in ([str(item.get("content", ""))] if isinstance(item, dict) else _segments(item))
+        ]
     if isinstance(value, dict):
-        return "\n".join(_field_text(item) for item in value.values())
-    return str(value)
+        return [text for item in value.values() for text in _segments(item)]
+    return [str(value)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Word:
+    token: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Phrase:
+    tokens: tuple[str, ...]
+    slop: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fuzzy:
+    text: str  # lower-cased, not split into tokens (Lucene normalizes a fuzzy term, it does not analyze it)
+    edits: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prefix:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _All:
+    pass
 
 
 @dataclasses.dataclass
-class _Term:
-    tokens: list[str]  # one token, or several for a phrase
-    prefix: bool = False
-    negated: bool = False
+class _Bool:
+    clauses: list[tuple[str, Any]]  # (MUST | SHOULD | MUST_NOT, query)
 
 
-def _parse_query(q: str) -> list[list[_Term]]:
-    """A subset of Elasticsearch's simple_query_string: OR-groups of AND-ed terms."""
-    groups: list[list[_Term]] = [[]]
-    for match in re.finditer(r'(?P<op>\|)|(?P<neg>[-+]?)(?:"(?P<phrase>[^"]*)"?|(?P<word>[^\s|"]+))', q):
-        if match.group("op"):
-            groups.append([])
-            continue
-        negated = match.group("neg") == "-"
-        raw = match.group("phrase") if match.group("phrase") is not None else match.group("word")
-        raw = raw.strip("()")
-        prefix = match.group("word") is not None and raw.endswith("*")
-        tokens = _tokens(raw)
-        if not tokens:
-            continue
-        groups[-1].append(_Term(tokens=tokens, prefix=prefix and len(tokens) == 1, negated=negated))
-    return [group for group in groups if group]
+@dataclasses.dataclass
+class _ParseState:
+    index: int
+    end: int
+    top: Any = None
+    current: Optional[str] = None
+    previous: Optional[str] = None
+    negations: int = 0
+
+
+class _QueryParser:
+    """Lucene's SimpleQueryParser with every operator on, building the query tree Elasticsearch runs.
+
+    `precedence=False` reads parentheses as ordinary characters, as Lucene does
+    without its PRECEDENCE flag: the fallback for a query nested too deep to recurse.
+    """
+
+    def __init__(self, text: str, precedence: bool = True) -> None:
+        self.data = text
+        self.precedence = precedence
+        self.token_end = set('"|+' + _WHITESPACE + ("()" if precedence else ""))
+
+    def parse(self) -> Any:
+        state = _ParseState(0, len(self.data))
+        self._sub_query(state)
+        return state.top
+
+    def _sub_query(self, state: _ParseState) -> None:
+        data = self.data
+        while state.index < state.end:
+            char = data[state.index]
+            if char == "(" and self.precedence:
+                self._consume_sub_query(state)
+            elif char == ")" and self.precedence:
+                state.index += 1  # extraneous
+            elif char == '"':
+                self._consume_phrase(state)
+            elif char in "+|":
+                # An operator before any clause, or after another one, is ignored.
+                if state.current is None and state.top is not None:
+                    state.current = MUST if char == "+" else SHOULD
+                state.index += 1
+            elif char == "-":
+                state.negations += 1  # two in a row cancel out
+                state.index += 1
+                continue
+            elif char in _WHITESPACE:
+                state.index += 1
+            else:
+                self._consume_token(state)
+            state.negations = 0  # a `-` applies to what follows it directly
+
+    def _scan(self, state: _ParseState, closes: Callable[[str], bool]) -> tuple[int, list[str]]:
+        """From an opening `(` or `"` to the first unescaped character that `closes` it (or the end).
+
+        Returns where the inside starts and its characters (escapes removed); the state stops on the closer.
+        """
+        data = self.data
+        state.index += 1
+        start, chars, escaped = state.index, [], False
+        while state.index < state.end:
+            char = data[state.index]
+            if not escaped:
+                if char == "\\":
+                    escaped = True
+                    state.index += 1
+                    continue
+                if closes(char):
+                    break
+            escaped = False
+            chars.append(char)
+            state.index += 1
+        return start, chars
+
+    @staticmethod
+    def _closed(state: _ParseState, start: int) -> bool:
+        """Whether a scan found something to parse: never closed, its opener is ignored; closed at once
+        (`()`, `""`), the operator before it had nothing to apply to."""
+        if state.index == state.end:
+            state.index = start
+            return False
+        if state.index == start:
+            state.current = None
+            state.index += 1
+            return False
+        return True
+
+    def _consume_sub_query(self, state: _ParseState) -> None:
+        depth = 1
+
+        def closes(char: str) -> bool:
+            nonlocal depth
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            return depth == 0
+
+        start, _ = self._scan(state, closes)
+        if self._closed(state, start):
+            inner = _ParseState(start, state.index)
+            self._sub_query(inner)
+            self._add(state, inner.top)
+            state.index += 1
+
+    def _consume_phrase(self, state: _ParseState) -> None:
+        start, chars = self._scan(state, lambda char: char == '"')
+        has_slop = False
+        if state.end > state.index + 1 and self.data[state.index + 1] == "~":
+            state.index += 1
+            has_slop = state.end > state.index + 1
+        if self._closed(state, start):
+            slop = self._fuzziness(state) if has_slop else 0
+            self._add(state, _phrase_query("".join(chars), slop))
+            state.index += 1
+
+    def _consume_token(self, state: _ParseState) -> None:
+        data = self.data
+        chars: list[str] = []
+        escaped = prefix = fuzzy = False
+        while state.index < state.end:
+            char = data[state.index]
+            if not escaped:
+                if char == "\\":
+                    escaped, prefix = True, False
+                    state.index += 1
+                    continue
+                if char in self.token_end:
+                    break
+                if chars and char == "~":
+                    fuzzy = True
+                    break
+                prefix = bool(chars) and char == "*"
+            escaped = False
+            chars.append(char)
+            state.index += 1
+        if not chars:
+            return
+        text = "".join(chars)
+        if fuzzy:
+            edits = min(self._fuzziness(state), _MAX_EDITS)
+            self._add(state, _default_query(text) if edits == 0 else _Fuzzy(text.lower(), edits))
+        elif prefix:
+            self._add(state, _Prefix(text[:-1].lower()))
+        else:
+            self._add(state, _default_query(text))
+
+    def _fuzziness(self, state: _ParseState) -> int:
+        """The number after `~` (a slop or edit distance): none is 2, anything else that is not an int is 0."""
+        data = self.data
+        if data[state.index] != "~":
+            return 0
+        chars = []
+        while state.index < state.end:
+            state.index += 1
+            if state.index < state.end:
+                if data[state.index] in self.token_end:
+                    break
+                chars.append(data[state.index])
+        text = "".join(chars)
+        if not text:
+            return 2
+        if not re.fullmatch(r"[+-]?[0-9]+", text) or not -(2**31) <= int(text) < 2**31:
+            return 0  # Java's Integer.parseInt fails: Lucene swallows it
+        return max(int(text), 0)
+
+    @staticmethod
+    def _add(state: _ParseState, query: Any) -> None:
+        """Lucene's buildQueryTree: a change of operator makes what came before one clause of a new node."""
+        if query is None:
+            return
+        if state.negations % 2:
+            query = _Bool([(MUST_NOT, query), (SHOULD, _All())])
+        if state.top is None:
+            state.top = query
+        else:
+            if state.current is None:
+                state.current = _DEFAULT_OPERATOR
+            if state.previous != state.current:
+                state.top = _Bool([(state.current, state.top)])
+            state.top.clauses.append((state.current, query))
+            state.previous = state.current
+        state.current = None
+
+
+def _default_query(text: str) -> Any:
+    """A word as Elasticsearch analyzes it: no token is nothing, several are joined by the default operator."""
+    tokens = _tokens(text)
+    if not tokens:
+        return None
+    if len(tokens) == 1:
+        return _Word(tokens[0])
+    return _Bool([(_DEFAULT_OPERATOR, _Word(token)) for token in tokens])
+
+
+def _phrase_query(text: str, slop: int) -> Any:
+    tokens = _tokens(text)
+    if not tokens:
+        return None
+    if len(tokens) == 1:
+        return _Word(tokens[0])
+    return _Phrase(tuple(tokens), slop)
+
+
+_MAX_NESTING = 100
+
+
+def _parse_query(q: str) -> Any:
+    """The query tree of a simple_query_string, or None when it holds nothing to search for.
+
+    Parentheses nested deeper than Python recurses comfortably are read as characters.
+    """
+    depth = deepest = 0
+    for char in q:
+        depth = depth + 1 if char == "(" else max(depth - 1, 0) if char == ")" else depth
+        deepest = max(deepest, depth)
+    try:
+        return _QueryParser(q, precedence=deepest <= _MAX_NESTING).parse()
+    except RecursionError:
+        return _QueryParser(q, precedence=False).parse()
+
+
+def _edit_distance(a: str, b: str, limit: int, transpositions: bool) -> int:
+    """Levenshtein distance (with adjacent transpositions when asked: Lucene's fuzzy query), or limit + 1 beyond it."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    before: Optional[list[int]] = None
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cost = 0 if ca == cb else 1
+            value = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if transpositions and before is not None and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                value = min(value, before[j - 2] + 1)
+            current[j] = value
+        if min(current) > limit:
+            return limit + 1
+        before, previous = previous, current
+    return min(previous[-1], limit + 1)
+
+
+def _phrase_frequency(lists: list[list[int]], slop: int, repeats: bool) -> float:
+    """Lucene's phrase frequency: each match counts 1 / (1 + its length); no match is 0.
+
+    `lists[i]` holds the positions of the phrase's i-th word minus i, so that an
+    exact phrase is one value shared by all lists and a sloppy one a spread of at
+    most `slop` between them. With a repeated word, a match must use distinct positions.
+    """
+    pointers = [0] * len(lists)
+    frequency = 0.0
+    while True:
+        heads = [positions[pointer] for positions, pointer in zip(lists, pointers)]
+        low, high = min(heads), max(heads)
+        if high - low <= slop and (not repeats or len({head + i for i, head in enumerate(heads)}) == len(heads)):
+            frequency += 1.0 / (1 + high - low)
+        lowest = heads.index(low)
+        pointers[lowest] += 1
+        if pointers[lowest] == len(lists[lowest]):
+            return frequency
 
 
 class _TextIndex:
-    """Token lists of a dataset's documents for one field selection, with BM25 statistics."""
+    """An inverted index of a dataset's documents for one field selection, with BM25 statistics.
+
+    It is rebuilt after every change of the dataset, so it keeps what is cheap to
+    build: which documents hold each token, and each document's tokens per field
+    (term frequencies and positions are read from those for the documents a query reaches).
+    """
 
     def __init__(self, docs: list[dict], field: Optional[str]) -> None:
-        self.tokens: dict[str, list[str]] = {}
-        document_frequency: Counter = Counter()
-        for doc in docs:
+        self.ids = [doc["id"] for doc in docs]
+        self.segments: list[list[list[str]]] = []  # per document, the tokens of each field (or chat message)
+        self.lengths: list[int] = []
+        postings: dict[str, list[int]] = defaultdict(list)
+        for number, doc in enumerate(docs):
             fields = doc.get("fields") or {}
             values = [fields.get(field)] if field else list(fields.values())
-            tokens = _tokens("\n".join(_field_text(value) for value in values))
-            self.tokens[doc["id"]] = tokens
-            document_frequency.update(set(tokens))
+            segments = [_tokens(text) for value in values for text in _segments(value)]
+            self.segments.append(segments)
+            self.lengths.append(sum(map(len, segments)))
+            for token in {token for tokens in segments for token in tokens}:
+                postings[token].append(number)
+        self.postings = dict(postings)
         self.count = max(len(docs), 1)
-        self.average_length = (sum(len(t) for t in self.tokens.values()) / self.count) or 1.0
-        self.document_frequency = document_frequency
+        self.average_length = (sum(self.lengths) / self.count) or 1.0
+        self.sorted_vocabulary: Optional[list[str]] = None  # for prefixes and fuzzy words, sorted when first asked
+        self.expansions: dict[tuple[str, int], list[tuple[str, float]]] = {}
+        self.codes: Optional[tuple[np.ndarray, np.ndarray]] = None
+
+    def search(self, query: Any) -> dict[str, float]:
+        """Each matching document's id and BM25 score."""
+        return {self.ids[number]: score for number, score in self._run(query).items()}
+
+    @property
+    def vocabulary(self) -> list[str]:
+        if self.sorted_vocabulary is None:
+            self.sorted_vocabulary = sorted(self.postings)
+        return self.sorted_vocabulary
 
     def _idf(self, token: str) -> float:
-        df = self.document_frequency.get(token, 0)
+        df = len(self.postings.get(token, ()))
         return math.log(1 + (self.count - df + 0.5) / (df + 0.5))
 
-    def _matches(self, tokens: list[str], term: _Term) -> list[str]:
-        """The document tokens that satisfy a term (empty list: no match)."""
-        if term.prefix:
-            return [token for token in tokens if token.startswith(term.tokens[0])]
-        if len(term.tokens) == 1:
-            return [token for token in tokens if token == term.tokens[0]]
-        n = len(term.tokens)
-        hits = [i for i in range(len(tokens) - n + 1) if tokens[i : i + n] == term.tokens]
-        return [token for _ in hits for token in term.tokens]
+    def _bm25(self, idf: float, frequency: float, number: int) -> float:
+        norm = frequency + _BM25_K1 * (1 - _BM25_B + _BM25_B * self.lengths[number] / self.average_length)
+        return idf * frequency * (_BM25_K1 + 1) / norm
 
-    def score(self, record_id: str, groups: list[list[_Term]]) -> Optional[float]:
-        """BM25 score of a document, or None when it does not match."""
-        tokens = self.tokens.get(record_id, [])
-        best: Optional[float] = None
-        for group in groups:
-            score, matched = 0.0, True
-            positives = 0
-            for term in group:
-                hits = self._matches(tokens, term)
-                if term.negated:
-                    if hits:
-                        matched = False
-                        break
-                    continue
-                positives += 1
-                if not hits:
-                    matched = False
-                    break
-                for token, tf in Counter(hits).items():
-                    norm = tf + _BM25_K1 * (1 - _BM25_B + _BM25_B * len(tokens) / self.average_length)
-                    score += self._idf(token) * tf * (_BM25_K1 + 1) / norm
-            if matched:
-                score = score if positives else 1.0
-                best = score if best is None else max(best, score)
-        return best
+    def _positions(self, number: int, token: str) -> list[int]:
+        return [segment * _SEGMENT_GAP + position for segment, tokens in enumerate(self.segments[number])
+                for position, found in enumerate(tokens) if found == token]
+
+    def _word(self, token: str, boost: float = 1.0) -> dict[int, float]:
+        idf = self._idf(token)
+        return {number: boost * self._bm25(idf, sum(tokens.count(token) for tokens in self.segments[number]), number)
+                for number in self.postings.get(token, ())}
+
+    def _run(self, query: Any) -> dict[int, float]:
+        if isinstance(query, _Word):
+            return self._word(query.token)
+        if isinstance(query, _Phrase):
+            return self._phrase(query)
+        if isinstance(query, _Fuzzy):
+            hits: dict[int, float] = {}
+            for token, boost in self._expand(query.text, query.edits):
+                for number, score in self._word(token, boost).items():
+                    hits[number] = hits.get(number, 0.0) + score
+            return hits
+        if isinstance(query, _Prefix):  # a constant score, as Elasticsearch rewrites prefix queries
+            start = bisect.bisect_left(self.vocabulary, query.text)
+            hits = {}
+            for token in itertools.takewhile(lambda t: t.startswith(query.text), self.vocabulary[start:]):
+                hits.update(dict.fromkeys(self.postings[token], 1.0))
+            return hits
+        if isinstance(query, _All):
+            return dict.fromkeys(range(len(self.ids)), 1.0)
+        return self._bool(query)
+
+    def _bool(self, query: _Bool) -> dict[int, float]:
+        """Every MUST clause, at least one SHOULD clause when there is no MUST, no MUST_NOT; scores add up."""
+        must = [self._run(inner) for occur, inner in query.clauses if occur == MUST]
+        should = [self._run(inner) for occur, inner in query.clauses if occur == SHOULD]
+        excluded = set().union(*(self._run(inner) for occur, inner in query.clauses if occur == MUST_NOT))
+        if must:
+            must.sort(key=len)
+            hits = {n: s for n, s in must[0].items() if n not in excluded}
+            for part in must[1:]:
+                hits = {n: s + part[n] for n, s in hits.items() if n in part}
+            for part in should:
+                for n in hits.keys() & part.keys():
+                    hits[n] += part[n]
+            return hits
+        hits = {}
+        for part in should:
+            for n, score in part.items():
+                if n not in excluded:
+                    hits[n] = hits.get(n, 0.0) + score
+        return hits
+
+    def _phrase(self, query: _Phrase) -> dict[int, float]:
+        postings = [self.postings.get(token) for token in query.tokens]
+        if not all(postings):
+            return {}
+        candidates = set(min(postings, key=len)).intersection(*postings)
+        idf = sum(self._idf(token) for token in query.tokens)
+        repeats = len(set(query.tokens)) < len(query.tokens)
+        hits = {}
+        for number in candidates:
+            lists = [[p - i for p in self._positions(number, token)] for i, token in enumerate(query.tokens)]
+            frequency = _phrase_frequency(lists, query.slop, repeats)
+            if frequency:
+                hits[number] = self._bm25(idf, frequency, number)
+        return hits
+
+    def _expand(self, text: str, edits: int) -> list[tuple[str, float]]:
+        """The index terms a fuzzy term stands for, with Lucene's boosts: the best `fuzzy_max_expansions`."""
+        key = (text, edits)
+        if key not in self.expansions:
+            found = []
+            for token, distance in self._within(text, edits):
+                boost = 1.0 if distance == 0 else 1.0 - distance / min(len(text), len(token))
+                found.append((-boost, token))
+            found.sort()
+            self.expansions[key] = [(token, max(-negative, 0.0)) for negative, token in found[:_FUZZY_MAX_EXPANSIONS]]
+        return self.expansions[key]
+
+    def _within(self, text: str, edits: int) -> list[tuple[str, int]]:
+        """The vocabulary's tokens at most `edits` from `text`, with their distance.
+
+        One dynamic programme over all tokens of a fitting length at once (numpy
+        arrays of their characters): a fuzzy word against a 30k-token vocabulary
+        takes milliseconds instead of a Python loop's half second.
+        """
+        if self.codes is None:
+            width = _CODE_WIDTH
+            padded = "".join(token[:width].ljust(width, "\0") for token in self.vocabulary)
+            codes = np.frombuffer(padded.encode("utf-32-le"), dtype=np.uint32).reshape(len(self.vocabulary), width)
+            self.codes = (codes, np.array([len(token) for token in self.vocabulary], dtype=np.int64))
+        codes, lengths = self.codes
+        columns = len(text) + edits
+        if columns > codes.shape[1]:  # longer than the stored characters: the plain loop
+            found = [(token, _edit_distance(text, token, edits, _FUZZY_TRANSPOSITIONS)) for token in self.vocabulary]
+            return [(token, distance) for token, distance in found if distance <= edits]
+        rows = np.flatnonzero(np.abs(lengths - len(text)) <= edits)
+        if not len(rows):
+            return []
+        chars = codes[rows, :columns].astype(np.int64)
+        wanted = [ord(char) for char in text]
+        previous = np.tile(np.arange(columns + 1), (len(rows), 1))
+        before = None
+        for i, char in enumerate(wanted, 1):
+            step = np.minimum(previous[:, 1:] + 1, previous[:, :-1] + (chars != char))
+            if _FUZZY_TRANSPOSITIONS and before is not None and columns > 1:
+                swapped = (chars[:, :-1] == char) & (chars[:, 1:] == wanted[i - 2])
+                step[:, 1:] = np.where(swapped, np.minimum(step[:, 1:], before[:, :-2] + 1), step[:, 1:])
+            current = np.empty_like(previous)
+            current[:, 0] = i
+            for j in range(1, columns + 1):
+                current[:, j] = np.minimum(step[:, j - 1], current[:, j - 1] + 1)
+            before, previous = previous, current
+        distances = previous[np.arange(len(rows)), lengths[rows]]
+        return [(self.vocabulary[row], int(distance)) for row, distance in zip(rows, distances) if distance <= edits]
 
 
 # --------------------------------------------------------------------------- filters and sorting
@@ -601,14 +1203,6 @@ def _text_query(query: Optional[Union[TextQuery, str]]) -> Optional[TextQuery]:
     return TextQuery(q=query) if isinstance(query, str) else query
 
 
-def _cosine(a: list[float], b: list[float]) -> Optional[float]:
-    if len(a) != len(b):
-        return None
-    dot = sum(x * y for x, y in zip(a, b))
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return dot / norm if norm else None
-
-
 # --------------------------------------------------------------------------- the engine
 
 
@@ -651,9 +1245,14 @@ class SmallsetSearchEngine(SearchEngine):
         dataset_id = str(dataset.id)
         with self.store.lock, self.store.transaction() as conn:
             conn.execute("DELETE FROM records WHERE dataset_id = ?", (dataset_id,))
+            settings_ids = conn.execute("SELECT DISTINCT settings_id FROM vectors WHERE dataset_id = ?",
+                                        (dataset_id,)).fetchall()
+            # No deletions recorded: the dataset's settings go with it, nobody asks for their matrices again.
             conn.execute("DELETE FROM vectors WHERE dataset_id = ?", (dataset_id,))
             self.store.bump([dataset_id])
-        self.store.cache.pop(dataset_id, None)
+            self.store.cache.pop(dataset_id, None)
+            for (settings_id,) in settings_ids:
+                self.store.matrices.pop(settings_id, None)
 
     async def configure_metadata_property(self, dataset: Dataset, metadata_property: MetadataProperty):
         pass  # documents keep all metadata; nothing to map
@@ -671,7 +1270,7 @@ class SmallsetSearchEngine(SearchEngine):
             record_ids.append(record_id)
             rows.append((record_id, dataset_id, _dumps(_record_document(dataset, record))))
             for vector in record.vectors or []:
-                vector_rows.append((record_id, str(vector.vector_settings_id), dataset_id, _dumps(list(vector.value))))
+                vector_rows.append((record_id, str(vector.vector_settings_id), dataset_id, _vector_blob(vector.value)))
         if not rows:
             return
         with self.store.lock, self.store.transaction() as conn:
@@ -680,10 +1279,16 @@ class SmallsetSearchEngine(SearchEngine):
                 "ON CONFLICT (record_id) DO UPDATE SET doc = excluded.doc, dataset_id = excluded.dataset_id",
                 rows,
             )
-            conn.executemany("DELETE FROM vectors WHERE record_id = ?", [(rid,) for rid in record_ids])
-            conn.executemany(
-                "INSERT INTO vectors (record_id, settings_id, dataset_id, value) VALUES (?, ?, ?, ?)", vector_rows
-            )
+            before = _vector_keys(conn, record_ids)
+            if before or vector_rows:
+                rev = _next_vector_rev(conn)
+                _delete_vectors(conn, before - {(row[0], row[1]) for row in vector_rows}, rev)
+                conn.executemany(
+                    "INSERT INTO vectors (record_id, settings_id, dataset_id, value, rev) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (record_id, settings_id) DO UPDATE SET "
+                    "dataset_id = excluded.dataset_id, value = excluded.value, rev = excluded.rev",
+                    [(*row, rev) for row in vector_rows],
+                )
             self.store.bump([dataset_id])
 
     async def partial_record_update(self, record: Record, **update):
@@ -691,10 +1296,12 @@ class SmallsetSearchEngine(SearchEngine):
         self.store.update_doc(str(record.id), lambda doc: doc.update(values))
 
     async def delete_records(self, dataset: Dataset, records: Iterable[Record]):
-        ids = [(str(record.id),) for record in records]
+        ids = [str(record.id) for record in records]
         with self.store.lock, self.store.transaction() as conn:
-            conn.executemany("DELETE FROM records WHERE record_id = ?", ids)
-            conn.executemany("DELETE FROM vectors WHERE record_id = ?", ids)
+            conn.executemany("DELETE FROM records WHERE record_id = ?", [(record_id,) for record_id in ids])
+            vectors = _vector_keys(conn, ids)
+            if vectors:
+                _delete_vectors(conn, vectors, _next_vector_rev(conn))
             self.store.bump([str(dataset.id)])
 
     async def update_record_response(self, response: Response):
@@ -784,16 +1391,12 @@ class SmallsetSearchEngine(SearchEngine):
         text = _text_query(query)
         if text is None:
             return [(doc, None) for doc in docs]
-        groups = _parse_query(text.q)
-        if not groups:
+        tree = _parse_query(text.q)
+        if tree is None:
             return []
         index = self.store.view(dataset_id, ("text", text.field), lambda all_docs: _TextIndex(all_docs, text.field))
-        scored = []
-        for doc in docs:
-            score = index.score(doc["id"], groups)
-            if score is not None:
-                scored.append((doc, score))
-        return scored
+        hits = index.search(tree)
+        return [(doc, hits[doc["id"]]) for doc in docs if doc["id"] in hits]
 
     def _user_order(self, dataset: Dataset, user_id: str) -> tuple[list[dict], dict[str, float]]:
         """The dataset's documents in the user's random order, and each one's random number."""
@@ -861,36 +1464,20 @@ class SmallsetSearchEngine(SearchEngine):
     ) -> SearchResponses:
         if bool(value) == bool(record):
             raise ValueError("Must provide either vector value or record to compute the similarity search")
-        settings_id = str(vector_settings.id)
+        index = self.store.vector_index(str(vector_settings.id), int(vector_settings.dimensions))
         excluded = None
         if not value:
             excluded = str(record.id)
-            with self.store.lock:
-                row = self.store.conn.execute(
-                    "SELECT value FROM vectors WHERE record_id = ? AND settings_id = ?", (excluded, settings_id)
-                ).fetchone()
-            value = json.loads(row[0]) if row else record.vector_value_by_vector_settings(vector_settings)
+            value = index.vector(excluded) or record.vector_value_by_vector_settings(vector_settings)
         if not value:
             raise ValueError("Cannot find a vector value to apply with provided info")
         sign = -1.0 if order == SimilarityOrder.least_similar else 1.0
-
-        candidates = {doc["id"] for doc, _ in self._select(dataset, query, filter)}
-        with self.store.lock:
-            rows = self.store.conn.execute(
-                "SELECT record_id, value FROM vectors WHERE settings_id = ?", (settings_id,)
-            ).fetchall()
-        hits = []
-        for record_id, text in rows:
-            if record_id == excluded or record_id not in candidates:
-                continue
-            cosine = _cosine(value, json.loads(text))
-            if cosine is None:
-                continue
-            score = (1 + sign * cosine) / 2
-            if threshold is None or score >= threshold:
-                hits.append((score, record_id))
-        hits.sort(key=lambda hit: -hit[0])
-        hits = hits[:max_results]
+        # Records and their vectors change in the same transactions: without a query or a
+        # filter every row of the matrix is a candidate, and the documents need not be read.
+        candidates = None
+        if query is not None or filter is not None:
+            candidates = [doc["id"] for doc, _ in self._select(dataset, query, filter)]
+        hits = index.search(value, candidates, excluded, sign, threshold, max_results)
         return SearchResponses(
             items=[SearchResponseItem(record_id=UUID(record_id), score=score) for score, record_id in hits],
             total=len(hits),
