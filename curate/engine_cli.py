@@ -1,6 +1,7 @@
 """The command-line options that choose an engine, shared by every command that asks an LLM.
 
 `--engine NAME` picks a registered engine (`curate.engines`); without it `--endpoint URL`
+(repeatable, or a comma-separated SMALLSET_ENDPOINT: requests are balanced over the servers)
 means the endpoint engine and nothing means the in-process vLLM engine. `--engine-option
 KEY=VALUE` reaches any field of the engine's config (a plugin's too, or the endpoint's
 timeout and concurrency). A flag the chosen engine has no use for is an error naming the
@@ -20,8 +21,10 @@ from click.core import ParameterSource
 
 from curate.console import console
 from curate.engines import Engine, engine_class, engine_config
+from curate.llm import endpoint_urls
 
-FLAGS = {"url": "--endpoint URL (or SMALLSET_ENDPOINT)", "api_key": "--api-key", "model": "--model", "max_model_len": "--max-model-len"}
+FLAGS = {"url": "--endpoint URL (or SMALLSET_ENDPOINT)", "api_key": "--api-key", "model": "--model",
+         "max_model_len": "--max-model-len", "replicas": "--replicas", "address": "--ray-address"}
 """Engine option -> the flag that sets it, for messages."""
 SECRET = ("api_key",)
 
@@ -38,11 +41,14 @@ class EngineChoice:
     """Options given as text (--engine-option), converted to their field's type when the engine is known."""
     used: dict[str, Any] = field(default_factory=dict)
     """The options the engine was opened with (set by `open`)."""
+    named: bool = False
+    """The engine was named (--engine), not implied by --endpoint or its absence."""
 
     @classmethod
-    def from_cli(cls, engine: str | None, endpoint: str | None, api_key: str | None,
+    def from_cli(cls, engine: str | None, endpoint: str | tuple[str, ...] | None, api_key: str | None,
                  engine_option: tuple[str, ...] = (), ambient: tuple[str, ...] = ()) -> EngineChoice:
-        options: dict[str, Any] = {"url": endpoint, "api_key": api_key}
+        urls = endpoint_urls(endpoint)
+        options: dict[str, Any] = {"url": (urls[0] if len(urls) == 1 else urls) or None, "api_key": api_key}
         raw: list[str] = []
         for item in engine_option:
             key, sep, value = item.partition("=")
@@ -50,7 +56,23 @@ class EngineChoice:
                 raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--engine-option")
             options[key.strip().replace("-", "_")] = value
             raw.append(key.strip().replace("-", "_"))
-        return cls(engine or ("endpoint" if endpoint else "vllm"), options, ambient, tuple(raw))
+        return cls(engine or ("endpoint" if urls else "vllm"), options, ambient, tuple(raw), named=engine is not None)
+
+    def on_executor(self, executor: str, replicas: int | None = None, address: str | None = None) -> EngineChoice:
+        """The choice under `--executor`: `ray` makes the implied in-process engine the ray engine (endpoints stay
+        endpoints); --replicas and --ray-address go to the ray engine and are refused for any other."""
+        if executor == "ray" and self.name == "vllm":
+            if self.named:
+                raise click.BadParameter("--engine vllm is one engine in this process; drop it to run replicas on Ray",
+                                         param_hint="--executor ray")
+            self.name = "ray"
+        given = {key: value for key, value in (("replicas", replicas), ("address", address)) if value is not None}
+        if given and self.name != "ray":
+            flags = " and ".join(FLAGS[key] for key in given)
+            raise click.BadParameter(f"{flags} {'are' if len(given) > 1 else 'is'} for the ray engine (--executor ray), "
+                                     f"not the {self.name} engine", param_hint=FLAGS[next(iter(given))])
+        self.options.update(given)
+        return self
 
     def open(self, **command_options: Any) -> Engine:
         """The engine, built from the command's own engine flags (model, max_model_len) and the choice's options."""
@@ -58,9 +80,11 @@ class EngineChoice:
         options = _typed({**command_options, **self.options}, self.raw, fields)
         self.used = {k: v for k, v in options.items() if v is not None and (k in fields or k not in self.ambient)}
         cls, config = engine_config(self.name, self.used, labels=FLAGS)
-        if self.name != "vllm":
+        starting = {"vllm": "starting the vLLM engine (about 30 s on CPU)",
+                    "ray": f"starting {getattr(config, 'replicas', '')} vLLM replicas on Ray"}.get(self.name)
+        if starting is None:
             return cls(config)
-        with console.status("starting the vLLM engine (about 30 s on CPU)"):
+        with console.status(starting):
             return cls(config)
 
     def describe(self, engine: Engine | None = None) -> dict[str, Any]:
@@ -98,7 +122,7 @@ def engine_options(command):
     """Add --engine, --endpoint, --api-key and --engine-option; the command gets them as `engine_choice`."""
 
     @functools.wraps(command)
-    def wrapper(*args: Any, engine: str | None, endpoint: str | None, api_key: str | None,
+    def wrapper(*args: Any, engine: str | None, endpoint: tuple[str, ...], api_key: str | None,
                 engine_option: tuple[str, ...], **kwargs: Any):
         ctx = click.get_current_context()
         ambient = tuple(key for key, param in (("url", "endpoint"), ("api_key", "api_key"))
@@ -108,13 +132,17 @@ def engine_options(command):
 
     options = [
         click.option("--engine", metavar="NAME",
-                     help="Engine: vllm (in-process), endpoint (an OpenAI-compatible server), or one a plugin registers "
+                     help="Engine: vllm (in-process), endpoint (OpenAI-compatible servers), ray (vLLM replicas as Ray "
+                          "actors), or one a plugin registers "
                           "in the entry-point group smallset.engines. [default: endpoint with --endpoint, else vllm]"),
-        click.option("--endpoint", envvar="SMALLSET_ENDPOINT", metavar="URL",
-                     help="Use an OpenAI-compatible server (e.g. `synth serve`) instead of an in-process engine."),
+        click.option("--endpoint", envvar="SMALLSET_ENDPOINT", metavar="URL", multiple=True,
+                     help="Use an OpenAI-compatible server (e.g. `synth serve`) instead of an in-process engine; "
+                          "repeat it (or list them comma-separated in SMALLSET_ENDPOINT) to balance requests over "
+                          "several serving the same model (concurrency is per server)."),
         click.option("--api-key", envvar="SMALLSET_ENDPOINT_KEY", help="API key for --endpoint."),
         click.option("--engine-option", multiple=True, metavar="KEY=VALUE",
-                     help="Any field of the engine's config, e.g. timeout_s=300 or concurrency=4 (repeatable)."),
+                     help="Any field of the engine's config, e.g. timeout_s=300, concurrency=4 or (ray) replicas=2 "
+                          "(repeatable)."),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)

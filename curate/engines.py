@@ -7,9 +7,9 @@ says so in capability flags; an engine asked for something it cannot do raises
 (an ignored LoRA adapter would score the base model under the adapter's name).
 
 Engines are looked up by name: the built-ins ("vllm": the in-process vLLM engine,
-"endpoint": an OpenAI-compatible server) and any package that registers an entry point in
-the group `smallset.engines` (``name = "module:EngineClass"``). The built-ins are also known
-without their entry points, so an uninstalled checkout works.
+"endpoint": OpenAI-compatible servers, "ray": vLLM replicas as Ray actors) and any package
+that registers an entry point in the group `smallset.engines` (``name = "module:EngineClass"``).
+The built-ins are also known without their entry points, so an uninstalled checkout works.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from curate.models import ResolvedModel
 
 GROUP = plugins.GROUPS["engines"]
-BUILTINS = {"vllm": "curate.llm:LLMEngine", "endpoint": "curate.llm:EndpointEngine"}
+BUILTINS = {"vllm": "curate.llm:LLMEngine", "endpoint": "curate.llm:EndpointEngine", "ray": "curate.ray_engine:RayEngine"}
 CAPABILITIES = {
     "structured_output": "constrain a reply to a JSON schema",
     "choices": "constrain a reply to one of a list of choices",

@@ -7,7 +7,8 @@ in the base package, so that `synth` and `train` share it without importing each
 other. Nothing leaves the machine, unless `EndpointEngine` is pointed at a server.
 
 Both engines follow `curate.engines.Engine` (one `chat` signature, capability flags)
-and are opened by name through its registry: "vllm" and "endpoint".
+and are opened by name through its registry: "vllm" and "endpoint" (one or several servers);
+`curate.ray_engine` holds LLMEngines as Ray actors ("ray").
 
 vLLM starts worker processes by spawn: build an `LLMEngine` only under
 `if __name__ == "__main__":` or from a CLI entry point.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,30 +214,57 @@ def _has_cuda() -> bool:
 
 @dataclass
 class EndpointConfig:
-    """An OpenAI-compatible server (`synth serve`, `vllm serve`, a fleet behind a load balancer)."""
+    """OpenAI-compatible servers (`synth serve`, `vllm serve`, a fleet behind a load balancer)."""
 
-    url: str
-    """Base URL, e.g. http://127.0.0.1:8000/v1."""
+    url: str | list[str]
+    """Base URL, e.g. http://127.0.0.1:8000/v1, or several (a list, or comma-separated) serving the same model:
+    each request goes to the one with the fewest requests in flight, and a failed one is retried on another."""
     model: str | None = None
-    """Model name the server knows; None asks the server (/models) and takes the first base model (not an adapter)."""
+    """Model name the servers know; None asks the first server (/models) and takes its first base model
+    (not an adapter). Every server must serve it."""
     api_key: str | None = None
     timeout_s: float = 120.0
     retries: int = 4
-    """Attempts after the first, with exponential backoff (1 s, 2 s, 4 s, ...)."""
+    """Attempts after the first, each on another server when one is up, else after a backoff (1 s, 2 s, 4 s, ...)."""
     concurrency: int = 8
+    """Requests in flight per server."""
+
+
+def endpoint_urls(given: str | tuple[str, ...] | list[str] | None) -> list[str]:
+    """The URLs in `--endpoint` (repeatable), SMALLSET_ENDPOINT or a config's `url` (comma- or space-separated), in order."""
+    items = [given] if isinstance(given, str) else list(given or ())
+    return [url for item in items for url in re.split(r"[,\s]+", item) if url]
+
+
+@dataclass(eq=False)
+class _Server:
+    """One endpoint of an `EndpointEngine`, with what the balancer knows about it."""
+
+    url: str
+    client: Any
+    in_flight: int = 0
+    requests: int = 0
+    """Balanced requests it answered (chat completions)."""
+    failures: int = 0
+    strikes: int = 0
+    """Failures in a row; the server is skipped for 2**strikes seconds (at most a minute) after the last."""
+    down_until: float = 0.0
 
 
 class EndpointEngine:
     """The same `chat` as `LLMEngine`, over HTTP, with timeouts, retries and bounded concurrency.
 
-    What it can do depends on the server, so it asks once (GET /models) and sets its flags:
-    JSON schemas (`response_format`) and log-probabilities are OpenAI's own, so always on;
-    guided choice (`structured_outputs.choice`) and the prompt's token ids (`return_token_ids`)
-    are vLLM's extensions, used only when the server is vLLM (its model cards say
-    `owned_by: vllm`), so another OpenAI-compatible server never gets a field it would reject;
-    a LoRA adapter is applied by asking for it as the model, which works for the adapters the
-    server serves (`--enable-lora --lora-modules NAME=FOLDER`: cards with a `parent`), found by
-    name or by folder. It cannot load an adapter the server does not have.
+    Given several servers it balances them (least requests in flight; `concurrency` each) and
+    moves a failed request to another one, so a server that stops mid-run costs retries, not
+    samples. What it can do depends on the servers, so it asks each once (GET /models) and
+    keeps what all of them can: JSON schemas (`response_format`) and log-probabilities are
+    OpenAI's own, so always on; guided choice (`structured_outputs.choice`) and the prompt's
+    token ids (`return_token_ids`) are vLLM's extensions, used only when every server is vLLM
+    (its model cards say `owned_by: vllm`), so another OpenAI-compatible server never gets a
+    field it would reject; a LoRA adapter is applied by asking for it as the model, which
+    works for the adapters every server serves (`--enable-lora --lora-modules NAME=FOLDER`:
+    cards with a `parent`), found by name or by folder. It cannot load an adapter a server
+    does not have.
     """
 
     name = "endpoint"
@@ -244,54 +273,115 @@ class EndpointEngine:
     limits: dict[str, str] = {}
 
     def __init__(self, config: EndpointConfig) -> None:
+        import threading
+
         import httpx
 
         self.config = config
+        urls = [u.rstrip("/") for u in endpoint_urls(config.url)]
+        if not urls:
+            raise SmallsetError("the endpoint engine needs at least one URL (--endpoint URL)")
+        twice = sorted({u for u in urls if urls.count(u) > 1})
+        if twice:
+            raise SmallsetError(f"the endpoint {twice[0]} is listed twice (raise concurrency instead)")
+        if config.concurrency < 1:
+            raise SmallsetError(f"the endpoint engine's concurrency must be at least 1, got {config.concurrency}")
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        self._client = httpx.Client(base_url=config.url.rstrip("/"), timeout=config.timeout_s, headers=headers)
+        self._servers = [_Server(u, httpx.Client(base_url=u, timeout=config.timeout_s, headers=headers)) for u in urls]
+        self._lock = threading.Lock()
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
-        cards = [c for c in self._request("GET", "/models").get("data") or [] if isinstance(c, dict) and "id" in c]
-        bases = [c["id"] for c in cards if not c.get("parent")]
+        cards = {s.url: [c for c in self._request("GET", "/models", server=s)[0].get("data") or []
+                         if isinstance(c, dict) and "id" in c] for s in self._servers}
+        first = urls[0]
+        bases = [c["id"] for c in cards[first] if not c.get("parent")]
         if not config.model and not bases:
-            raise SmallsetError(f"the endpoint {config.url} serves no model")
+            raise SmallsetError(f"the endpoint {first} serves no model")
         self.model_name = config.model or bases[0]
-        self.model = ResolvedModel("llm", _PathLike(config.url), f"endpoint:{self.model_name}")
-        self.adapters = {c["id"]: str(c.get("root") or "") for c in cards if c.get("parent")}
-        """Served LoRA adapters: name -> folder on the server."""
-        self.vllm = any(c.get("owned_by") == "vllm" for c in cards)
+        for url, served in cards.items():
+            ids = sorted(c["id"] for c in served)
+            if self.model_name not in ids:
+                raise SmallsetError(f"the endpoint {url} does not serve the model {self.model_name!r} "
+                                    f"(it serves {', '.join(ids) or 'nothing'}); every endpoint must serve the same model")
+        self.model = ResolvedModel("llm", _PathLike(",".join(urls)), f"endpoint:{self.model_name}")
+        adapters = {url: {c["id"]: str(c.get("root") or "") for c in served if c.get("parent")} for url, served in cards.items()}
+        self.adapters = {name: root for name, root in adapters[first].items() if all(name in a for a in adapters.values())}
+        """LoRA adapters every server serves: name -> folder on the first server."""
+        others = [url for url, served in cards.items() if not any(c.get("owned_by") == "vllm" for c in served)]
+        self.vllm = not others
         self.limits = {}
-        if not self.vllm:
+        if others:
             self.choices = self.token_ids = False
-            self.limits.update(dict.fromkeys(("choices", "token_ids"), f"{config.url} is not a vLLM server "
-                                             "(guided choice and token ids are vLLM's extensions of the OpenAI API)"))
+            why = (f"{', '.join(others)} {'are' if len(others) > 1 else 'is'} not a vLLM server "
+                   "(guided choice and token ids are vLLM's extensions of the OpenAI API)")
+            self.limits.update(dict.fromkeys(("choices", "token_ids"), why))
         if not self.adapters:
             self.lora = False
-            self.limits["lora"] = (f"{config.url} serves no LoRA adapter (serve one with vLLM's "
-                                   "--enable-lora --lora-modules NAME=FOLDER)")
+            lacking = [url for url, served in adapters.items() if not served]
+            how = "(serve one with vLLM's --enable-lora --lora-modules NAME=FOLDER)"
+            self.limits["lora"] = (f"{', '.join(lacking)} {'serve' if len(lacking) > 1 else 'serves'} no LoRA adapter {how}"
+                                   if lacking else f"no LoRA adapter is served by every one of {', '.join(urls)} {how}")
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> dict:
+    @property
+    def per_endpoint(self) -> dict[str, dict[str, int]]:
+        """URL -> requests it answered and failures, for the manifest (which server did the work)."""
+        return {s.url: {"requests": s.requests, "failures": s.failures} for s in self._servers}
+
+    def _take(self, tried: set[str], server: _Server | None = None) -> _Server:
+        """The server for the next attempt (`server` if pinned): one that is up, not yet tried, with the fewest in flight."""
+        import time
+
+        now = time.monotonic()
+        with self._lock:
+            if server is not None:
+                server.in_flight += 1
+                return server
+            up = [s for s in self._servers if s.down_until <= now] or sorted(self._servers, key=lambda s: s.down_until)[:1]
+            fresh = [s for s in up if s.url not in tried] or up
+            server = min(fresh, key=lambda s: (s.in_flight, s.requests))
+            server.in_flight += 1
+        return server
+
+    def _request(self, method: str, path: str, server: _Server | None = None, **kwargs: Any) -> tuple[dict, str]:
+        """The JSON reply and the URL that gave it; `server` pins the request to one server (else balanced)."""
         import time
 
         import httpx
 
         last: Exception | None = None
+        tried: set[str] = set()
         for attempt in range(self.config.retries + 1):
+            target = self._take(tried, server)
+            tried.add(target.url)
             try:
-                response = self._client.request(method, path, **kwargs)
+                response = target.client.request(method, path, **kwargs)
                 if response.status_code >= 500 or response.status_code == 429:
                     raise httpx.HTTPStatusError(f"HTTP {response.status_code}", request=response.request, response=response)
                 response.raise_for_status()
-                return response.json()
+                data = response.json()
+                with self._lock:
+                    target.requests += server is None  # balanced requests only, not the start-up probe
+                    target.strikes = 0
+                    target.down_until = 0.0
+                return data, target.url
             except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body that is not JSON
-                last = exc
+                last, failed = exc, target.url
                 status = getattr(getattr(exc, "response", None), "status_code", None)
                 if status is not None and 400 <= status < 500 and status != 429:
                     break  # the request itself is wrong: retrying will not help
-                if attempt < self.config.retries:
+                with self._lock:
+                    target.failures += 1
+                    target.strikes += 1
+                    target.down_until = time.monotonic() + min(2.0**target.strikes, 60.0)
+                    another = server is None and any(s.down_until <= time.monotonic() and s.url not in tried
+                                                     for s in self._servers)
+                if attempt < self.config.retries and not another:
                     time.sleep(2**attempt)
-        raise SmallsetError(
-            f"the endpoint {self.config.url} failed after {self.config.retries + 1} attempts: {type(last).__name__}: {last}"
-        )
+            finally:
+                with self._lock:
+                    target.in_flight -= 1
+        where = (f"the endpoint {failed}" if len(tried) == 1
+                 else f"the endpoints {', '.join(sorted(tried))} (last {failed})")
+        raise SmallsetError(f"{where} failed after {attempt + 1} attempts: {type(last).__name__}: {last}")
 
     def served_adapter(self, lora: tuple[str, int, str]) -> str:
         """The served name of the adapter `lora` = (name, id, folder): the same name, else the same folder."""
@@ -301,7 +391,7 @@ class EndpointEngine:
         same = [served for served, root in self.adapters.items() if root and os.path.normpath(root) == os.path.normpath(str(folder))]
         if same:
             return same[0]
-        raise UnsupportedError(f"the endpoint engine cannot apply the LoRA adapter {name!r} ({folder}): {self.config.url} "
+        raise UnsupportedError(f"the endpoint engine cannot apply the LoRA adapter {name!r} ({folder}): {self.model.path} "
                                f"serves only {', '.join(sorted(self.adapters))} (serve it with --lora-modules {name}=FOLDER)")
 
     def _one(self, messages: list[dict[str, str]], sampling: SamplingConfig, schema: dict | None, model: str,
@@ -316,7 +406,7 @@ class EndpointEngine:
             body["logprobs"] = True
         if self.token_ids:
             body["return_token_ids"] = True
-        data = self._request("POST", "/chat/completions", json=body)
+        data, url = self._request("POST", "/chat/completions", json=body)
         try:
             choice = data["choices"][0]
             usage = data.get("usage") or {}
@@ -326,16 +416,16 @@ class EndpointEngine:
                                     int(usage.get("completion_tokens", 0)), choice.get("finish_reason"),
                                     list(prompt_ids) if prompt_ids is not None else None, scores)
         except (KeyError, IndexError, TypeError) as exc:
-            raise SmallsetError(f"the endpoint {self.config.url} answered something that is not a chat completion: {exc}") from None
+            raise SmallsetError(f"the endpoint {url} answered something that is not a chat completion: {exc}") from None
         if schema is None and choices is not None and generation.text not in choices:
-            raise SmallsetError(f"the endpoint {self.config.url} answered {generation.text[:80]!r}, none of the choices: "
+            raise SmallsetError(f"the endpoint {url} answered {generation.text[:80]!r}, none of the choices: "
                                 "it did not apply structured_outputs.choice")
         return generation
 
     def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig | list[SamplingConfig] | None = None,
              json_schema: dict | list[dict | None] | None = None, lora: tuple[str, int, str] | None = None,
              progress: bool = False, choices: list[str] | None = None, logprobs: bool = False) -> list[Generation]:
-        """One reply per conversation, in order (see `curate.engines.Engine.chat`), `concurrency` requests at a time."""
+        """One reply per conversation, in order (see `curate.engines.Engine.chat`), `concurrency` per server at a time."""
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm import tqdm
@@ -344,13 +434,14 @@ class EndpointEngine:
         samplings, schemas = per_conversation(conversations, sampling, json_schema)
         model = self.served_adapter(lora) if lora is not None else self.model_name
         n = len(conversations)
-        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=self.config.concurrency * len(self._servers)) as pool:
             replies = pool.map(self._one, conversations, samplings, schemas, [model] * n, [choices] * n, [logprobs] * n)
             result = list(tqdm(replies, total=n, desc="endpoint", unit="reply", disable=not progress))
         return count_usage(self.usage, result)
 
     def close(self) -> None:
-        self._client.close()
+        for server in getattr(self, "_servers", []):
+            server.client.close()
 
     def __enter__(self) -> EndpointEngine:
         return self

@@ -53,6 +53,12 @@ def connect(options: RayOptions | None = None):
         else:
             # "local": a new instance. Without it Ray joins the last `ray start` cluster on this machine
             # (/tmp/ray/ray_current_cluster), someone else's, which may stop under this command.
+            # The instance is this process's: mark what it starts so that a kill -9 of the command takes it
+            # along (curate.processes); SPT_NOENV keeps setproctitle (Ray's agents rename themselves) off the mark.
+            from curate.processes import guard_descendants
+
+            os.environ.setdefault("SPT_NOENV", "1")
+            guard_descendants()
             ray.init(address="local", num_cpus=options.num_cpus, _node_ip_address="127.0.0.1", **settings)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"

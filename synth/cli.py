@@ -11,6 +11,7 @@ from curate import __version__
 from curate.console import SmallsetGroup, console
 from curate.drops import write_drops
 from curate.engine_cli import EngineChoice, engine_options
+from curate.executor import EXECUTOR_ENV, EXECUTORS
 from curate.llm import SamplingConfig
 from curate.manifest import Manifest
 from curate.writers import write_records
@@ -68,22 +69,34 @@ def prompt(text: tuple[str, ...], system: str | None, model: str | None, max_tok
 @click.option("--pii-action", type=click.Choice(["drop", "redact"]), default="drop", show_default=True,
               help="What happens to a sample with PII in it.")
 @engine_options
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", envvar=EXECUTOR_ENV, show_default=True,
+              help="Where the teacher runs: local (one engine in this process), or ray (--replicas vLLM engines as "
+                   "Ray actors; RAY_ADDRESS or --ray-address, else a local Ray instance). With --endpoint, the servers "
+                   "either way.")
+@click.option("--replicas", type=click.IntRange(min=1), metavar="N",
+              help="With --executor ray: teacher replicas, one engine each. [default: 2]")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="With --executor ray: the cluster to join (HOST:PORT, ray://HOST:10001 or auto). [default: RAY_ADDRESS]")
 def generate(task_file: Path, output: Path, num: int | None, model: str | None, batch_size: int, structured: bool,
-             max_model_len: int | None, engine_choice: EngineChoice, privacy: bool | None, pii_action: str) -> None:
+             max_model_len: int | None, engine_choice: EngineChoice, privacy: bool | None, pii_action: str,
+             executor: str, replicas: int | None, ray_address: str | None) -> None:
     """Generate the samples a task spec describes, covering its axes.
 
     Results are saved as they arrive; run the same command again after a crash
     and it continues where it stopped, with no sample duplicated or lost.
 
     \b
-    Example:
+    Examples:
       synth generate recipes/tasks/support_tickets.yaml -n 64 -o runs/synth/tickets.parquet
+      synth generate task.yaml -n 2000 --executor ray --replicas 4 -o synth.parquet
+      synth generate task.yaml --endpoint http://gpu1:8000/v1 --endpoint http://gpu2:8000/v1 -o synth.parquet
     """
     from curate.writers import check_output
     from synth.generate import generate as run_generate, journal_path
     from synth.task import load_task
 
     check_output(output, inputs=[task_file])  # before the engine starts, not after its work
+    engine_choice.on_executor(executor, replicas, ray_address)
     task = load_task(task_file)
     if num is not None:
         if num < 1:
@@ -91,7 +104,8 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
         task.n = num
     manifest = Manifest("synth generate", parameters={"task": task.name, "n": task.n, "strategy": task.strategy,
                                                       "structured": structured, "batch_size": batch_size,
-                                                      "sampling": task.sampling, "sensitive": task.sensitive})
+                                                      "sampling": task.sampling, "sensitive": task.sensitive,
+                                                      "executor": "ray" if engine_choice.name == "ray" else executor})
     manifest.add_input(task_file)
     unbounded = task.output.unbounded_strings()
     if structured and unbounded:
@@ -99,6 +113,7 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
                       "reply cut off at max_tokens cannot be given room to finish and will not parse")
     engine = engine_choice.open(model=model, max_model_len=max_model_len)
     manifest.parameters["engine"] = engine_choice.describe(engine)
+    manifest.parameters["replicas"] = getattr(engine.config, "replicas", None) if engine_choice.name == "ray" else None
     manifest.models.append(engine.model.describe())
     with engine:
         result = run_generate(task, engine, output, model_name=str(engine.model.path), structured=structured,
@@ -122,6 +137,8 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
                        "unparsable": int((drops["reason"] == "unparsable").sum()),
                        "privacy_dropped": int(drops["reason"].str.starts_with("pii:").sum() + (drops["reason"] == "seed_copy").sum())}
     manifest.parameters.update(usage=result.usage, privacy_guard=guarded, privacy=privacy_counts)
+    if hasattr(engine, "per_endpoint"):
+        manifest.parameters["endpoints"] = engine.per_endpoint  # which server answered how many requests
     manifest.write(output)
     journal_path(output).unlink(missing_ok=True)
     console.print(f"[green]wrote[/] {records.height} of {task.n} samples to {output} "

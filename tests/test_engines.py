@@ -12,6 +12,7 @@ way pip would install it: on the path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -30,6 +32,7 @@ import yaml
 from curate import plugins
 from curate.engines import BUILTINS, CAPABILITIES, GROUP, Engine, EngineNotFoundError, UnsupportedError, engine_class, \
     engine_names, open_engine
+from curate.errors import SmallsetError
 from curate.llm import EndpointEngine, LLMEngine, SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +49,7 @@ HI = [[{"role": "user", "content": "hi there"}]]
 
 
 def test_builtins_are_found_even_without_installed_entry_points():
-    assert {"vllm", "endpoint"} <= set(engine_names())
+    assert {"vllm", "endpoint", "ray"} <= set(engine_names())
     assert engine_class("vllm") is LLMEngine and engine_class("endpoint") is EndpointEngine
     for cls in (LLMEngine, EndpointEngine):
         assert all(isinstance(getattr(cls, flag), bool) for flag in CAPABILITIES)
@@ -99,7 +102,7 @@ def test_a_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch):
 def test_unknown_engines_and_options_are_named():
     with pytest.raises(EngineNotFoundError) as err:
         open_engine("nope")
-    assert "no engine named 'nope'" in str(err.value) and "endpoint, vllm" in str(err.value)
+    assert "no engine named 'nope'" in str(err.value) and "endpoint, ray, vllm" in str(err.value)
     with pytest.raises(UnsupportedError) as err:
         open_engine("endpoint", url="http://127.0.0.1:9/v1", max_model_len=1024)
     assert "the endpoint engine has no option 'max_model_len'" in str(err.value)
@@ -180,10 +183,15 @@ def inprocess(tmp_path_factory) -> dict:
     """What one in-process engine did, asked for each capability (one engine start)."""
     script = tmp_path_factory.mktemp("inprocess") / "engine.py"
     script.write_text(SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), json.dumps([QUESTION, COLOURS, SCHEMA])],
+    return script_json(script, [QUESTION, COLOURS, SCHEMA])
+
+
+def script_json(script: Path, argument: object, timeout: float = 900) -> dict:
+    """Run a Python script with one JSON argument in its own process group; its last stdout line, parsed."""
+    proc = subprocess.Popen([sys.executable, str(script), json.dumps(argument)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=900)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
@@ -251,28 +259,39 @@ def adapter(tmp_path_factory) -> Path:
 KEY = "engines-test-key"
 
 
-@pytest.fixture(scope="module")
-def server(adapter):
-    """`synth serve` (vLLM's OpenAI server) with the adapter served as 'tiny'; yields its base URL."""
+@contextlib.contextmanager
+def serving(logs: Path, *vllm_args: str):
+    """`synth serve` with the test key on a free port while the block runs; yields (its base URL, its process)."""
     port = free_port()
-    server = subprocess.Popen([SYNTH, "serve", "--port", str(port), "--max-model-len", "1024", "--api-key", KEY, "--",
-                               "--enable-lora", "--max-lora-rank", "8", "--lora-modules", f"tiny={adapter}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log = logs / f"serve-{port}.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([SYNTH, "serve", "--port", str(port), "--max-model-len", "1024", "--api-key", KEY,
+                                 *(["--", *vllm_args] if vllm_args else [])],
+                                stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 480
         while True:
-            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            assert proc.poll() is None, log.read_text()[-3000:]
             assert time.time() < deadline, "synth serve did not answer within 480 s"
             try:
                 if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(2)
-        yield url
+        yield url, proc
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(adapter, tmp_path_factory):
+    """`synth serve` (vLLM's OpenAI server) with the adapter served as 'tiny'; yields its base URL."""
+    with serving(tmp_path_factory.mktemp("serve"), "--enable-lora", "--max-lora-rank", "8",
+                 "--lora-modules", f"tiny={adapter}") as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +334,103 @@ def test_endpoint_applies_a_served_adapter_by_name_or_folder(endpoint, adapter):
     assert str(err.value).startswith("the endpoint engine cannot apply the LoRA adapter 'other' (/elsewhere)")
     assert "serves only tiny" in str(err.value) and "--lora-modules other=FOLDER" in str(err.value)
     assert endpoint.usage["requests"] == requests  # refused before a request was sent
+
+
+# -- several endpoints: one engine over two `synth serve` servers -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory):
+    """A second `synth serve` of the same model, without LoRA; the last test stops it mid-run."""
+    with serving(tmp_path_factory.mktemp("second")) as (url, proc):
+        yield url, proc
+
+
+def served(url: str) -> int:
+    """Chat requests the vLLM server at `url` finished, by its own Prometheus counter."""
+    text = httpx.get(url.removesuffix("/v1") + "/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).text
+    return round(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith("vllm:request_success_total")))
+
+
+SHORT = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=8, seed=0)
+
+
+@pytest.mark.slow
+def test_every_endpoint_must_serve_the_model_and_capabilities_are_what_all_can(server, second):
+    url_b, _ = second
+    with pytest.raises(SmallsetError) as err:
+        open_engine("endpoint", url=[server, url_b], api_key=KEY, model="tiny", retries=0)
+    assert str(err.value) == (f"the endpoint {url_b} does not serve the model 'tiny' (it serves teacher); "
+                              "every endpoint must serve the same model")
+    with open_engine("endpoint", url=f"{server},{url_b}", api_key=KEY, retries=0) as engine:  # a comma-separated list
+        assert engine.model_name == "teacher" and engine.model.path == f"{server},{url_b}"
+        # Both are vLLM: guided choice and token ids stay; only the first serves an adapter: LoRA is off, and says why.
+        assert {c: getattr(engine, c) for c in CAPABILITIES} == {**dict.fromkeys(CAPABILITIES, True), "lora": False}
+        assert engine.adapters == {} and engine.limits == {
+            "lora": f"{url_b} serves no LoRA adapter (serve one with vLLM's --enable-lora --lora-modules NAME=FOLDER)"}
+        with pytest.raises(UnsupportedError):
+            engine.chat([QUESTION], GREEDY, lora=("tiny", 1, "/nowhere"))
+
+
+@pytest.mark.slow
+def test_synth_generate_over_two_endpoints_from_the_environment(server, second, tmp_path):
+    url_b, _ = second
+    task = tmp_path / "task.yaml"
+    task.write_text(yaml.safe_dump({"name": "colours", "instructions": "Name a colour.", "n": 6,
+                                    "output": {"fields": {"colour": {"type": "string", "maxLength": 20}},
+                                               "user": "Name {colour}.", "assistant": "{colour}"},
+                                    "sampling": {"max_tokens": 24, "seed": 2}}))
+    out = tmp_path / "out.jsonl"
+    before = {url: served(url) for url in (server, url_b)}
+    proc = synth("generate", str(task), "-o", str(out), "--batch-size", "6",
+                 env={"SMALLSET_ENDPOINT": f"{server}, {url_b}", "SMALLSET_ENDPOINT_KEY": KEY})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parameters = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())["parameters"]
+    assert parameters["engine"]["options"]["url"] == [server, url_b] and parameters["executor"] == "local"
+    answered = {url: served(url) - before[url] for url in (server, url_b)}
+    assert {url: e["requests"] for url, e in parameters["endpoints"].items()} == answered
+    assert sum(answered.values()) == 6 and min(answered.values()) > 0  # balanced: both servers answered
+
+
+@pytest.mark.slow
+def test_requests_are_balanced_and_survive_one_endpoint_stopping_mid_run(server, second):
+    from transformers import AutoTokenizer
+
+    from curate.models import resolve_llm
+
+    url_b, proc_b = second
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_llm().path))
+    with open_engine("endpoint", url=[server, url_b], api_key=KEY, retries=3, concurrency=2) as engine:
+        before = {url: served(url) for url in (server, url_b)}
+        first = engine.chat([[{"role": "user", "content": f"Say the number {i}."}] for i in range(12)], SHORT)
+        answered = {url: served(url) - before[url] for url in (server, url_b)}
+        # Counted by the servers themselves: both took work, nothing twice, and the engine knows who did what.
+        assert sum(answered.values()) == 12 and min(answered.values()) >= 3, answered
+        assert {url: e["requests"] for url, e in engine.per_endpoint.items()} == answered
+        assert len(first) == 12
+
+        done = threading.Event()
+
+        def stop_b_once_it_answered_two_more():
+            target = engine.per_endpoint[url_b]["requests"] + 2
+            while not done.is_set() and engine.per_endpoint[url_b]["requests"] < target:
+                time.sleep(0.05)
+            os.killpg(proc_b.pid, signal.SIGKILL)  # the server and its engine, mid-run
+
+        stopper = threading.Thread(target=stop_b_once_it_answered_two_more)
+        stopper.start()
+        conversations = [[{"role": "user", "content": f"Name the colour number {i}."}] for i in range(24)]
+        try:
+            replies = engine.chat(conversations, SHORT)
+        finally:
+            done.set()
+            stopper.join()
+        proc_b.wait(timeout=60)
+        stats = engine.per_endpoint
+    # Every conversation answered once, in order, although the second server went away with requests in flight.
+    assert len(replies) == 24
+    for i, reply in enumerate(replies):
+        assert f"colour number {i}." in tokenizer.decode(reply.prompt_token_ids)
+    assert stats[url_b]["failures"] >= 1  # it was stopped while it still had work: those requests moved
+    assert stats[server]["requests"] + stats[url_b]["requests"] == 12 + 24  # none lost, none answered twice

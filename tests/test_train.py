@@ -218,7 +218,8 @@ def test_output_is_a_servable_adapter_with_curves_and_manifest(runs, data):
     out = runs["A"]
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["modules_to_save"] is None and config["r"] == 16 and config["lora_alpha"] == 32
-    assert config["base_model_name_or_path"] == str(resolve_llm().path)
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # portable; the local base:
+    assert json.loads((out / "adapter" / "smallset-base.json").read_text())["local_path"] == str(resolve_llm().path)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "adapter_model.safetensors"):
         assert (out / "adapter" / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -45,6 +45,14 @@ def _output_folder(ctx, param, value: Path | None) -> Path | None:
     return value
 
 
+def _devices(ctx, param, value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r}: give a number of processes (1 or more) or auto", param_hint="--devices")
+    return int(value)
+
+
 def lora_options(command):
     """The training settings of `train lora`, shared by every command that trains (`lora`, `curve`)."""
     for option in reversed(_LORA_OPTIONS):
@@ -93,6 +101,10 @@ _LORA_OPTIONS = [
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), callback=_output_folder, help="Output folder (adapter/, curves.png, manifest, checkpoints/).")
 @lora_options
+@click.option("--devices", default=_D.devices, callback=_devices, metavar="N|auto",
+              help="Data-parallel processes, one per GPU (DDP under torchrun); a step keeps its --batch-size rows, "
+                   "shared out. auto: every visible GPU when there are several, else 1. Without a GPU, N gloo "
+                   "processes share the CPU: for testing, not faster.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoints/last.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None:
@@ -106,14 +118,27 @@ def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None
     Example:
       train lora accepted.parquet -o runs/lora --epochs 3 --eval-every 20
     """
+    from curate.errors import SmallsetError
+    from train import distributed
     from train.lora import train_lora
 
     config = LoraTrainConfig(**options)
+    if not distributed.launched(config.devices) and (n := distributed.processes(config.devices)) > 1:
+        raise SystemExit(distributed.launch(n, _command_line(click.get_current_context())))
     try:
         result = train_lora(data, output, config, resume=resume, progress=not quiet)
     except KeyboardInterrupt:
-        console.print(f"interrupted; `train lora {data} -o {output} --resume` continues from the last evaluation")
-        raise SystemExit(130) from None
+        _interrupted(data, output)
+    except SmallsetError:
+        if distributed.rank() > 0:
+            raise SystemExit(1) from None  # every rank meets the same input: rank 0 says what is wrong
+        raise
+    except Exception:
+        if distributed.interrupted():  # a peer stopped first, and a collective failed before the Ctrl-C arrived
+            _interrupted(data, output)
+        raise
+    if distributed.rank() > 0:
+        return
     console.print(
         f"adapter: {result.adapter_dir}  best validation loss {result.best_val_loss:.4f} "
         f"(epoch {result.best_epoch}, step {result.best_step}{', stopped early' if result.stopped_early else ''}), "
@@ -136,8 +161,12 @@ def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None
 @click.option("--layout", type=click.Choice(list(LAYOUTS)), help="Layout of the test file; detected from the column names when omitted.")
 @click.option("--map", "pairs", multiple=True, metavar="FIELD=COLUMN", help="Which test-file column plays a layout field (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--engine", metavar="NAME", help="The engine with LoRA that answers: vllm (one in this process) or ray "
+              "(vLLM replicas as Ray actors, e.g. --engine-option replicas=2).  [default: vllm]")
+@click.option("--engine-option", multiple=True, metavar="KEY=VALUE", help="Any field of the engine's config (repeatable).")
 def eval_(adapter: Path, test: Path, output: Path | None, shots_from: Path | None, labels: str | None, layout: str | None,
-          pairs: tuple[str, ...], compare: tuple[str, ...], quiet: bool, **options) -> None:
+          pairs: tuple[str, ...], compare: tuple[str, ...], quiet: bool, engine: str | None, engine_option: tuple[str, ...],
+          **options) -> None:
     """Score ADAPTER against its base model zero-shot and with a k-shot prompt, on a held-out TEST set.
 
     One vLLM engine with LoRA answers every test row three times (greedy decoding, the
@@ -151,15 +180,43 @@ def eval_(adapter: Path, test: Path, output: Path | None, shots_from: Path | Non
       train eval runs/lora --test recipes/examples/support_tickets_test.jsonl --metric accuracy --target +30
       train eval runs/full --test test.jsonl --shots-from pool.parquet --compare no-select=runs/no-select
     """
+    from curate.engine_cli import EngineChoice
     from curate.layouts import Mapping
     from train.evaluate import EvalConfig, evaluate
     from train.report import results_table
 
     config = EvalConfig(labels=_labels(labels), **options)
+    choice = EngineChoice.from_cli(engine, None, None, engine_option)
     result = evaluate(adapter, test, output, config, shots_from=shots_from, mapping=Mapping.parse(layout, pairs),
-                      progress=not quiet, compare=_named_paths(compare, "--compare"))
+                      progress=not quiet, compare=_named_paths(compare, "--compare"), engine_choice=choice)
     Console().print(results_table(result.report))
     console.print(f"eval: {result.eval_json}  predictions: {result.predictions}" + (f"  confusion: {result.confusion_png}" if result.confusion_png else ""))
+
+
+def _command_line(ctx: click.Context) -> list[str]:
+    """This command's arguments with every option spelled out: what each rank runs."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif value is None or param.name == "help":
+            continue
+        elif param.is_flag:
+            args += [param.opts[0]] if value else param.secondary_opts[:1]
+        elif param.multiple:
+            args += [x for item in value for x in (param.opts[0], str(item))]
+        else:
+            args += [param.opts[0], str(value)]
+    return args
+
+
+def _interrupted(data: Path, output: Path):
+    from train import distributed
+
+    if distributed.rank() == 0:
+        console.print(f"interrupted; `train lora {data} -o {output} --resume` continues from the last evaluation")
+    raise SystemExit(130) from None
 
 
 def _labels(text: str | None) -> list[str] | None:

@@ -100,6 +100,12 @@ class LoraTrainConfig:
     qlora: bool = False
     """Load the base model in 4-bit NF4 (bitsandbytes) and train LoRA on top; needs a CUDA GPU."""
 
+    devices: int | str = "auto"
+    """Data-parallel processes, one per GPU: "auto" = every visible GPU when there are several, else 1.
+    With more than one, `train lora` runs itself again under torchrun (`train.distributed`); an
+    optimizer step keeps its rows (batch_size), shared out among the processes, so it means the same.
+    Without a GPU, N gloo processes share the CPU: for testing, not faster."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -132,6 +138,8 @@ class LoraTrainConfig:
             (self.eval_every is None or self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}"),
             (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
             (self.mega_batch_factor >= 1, f"mega_batch_factor must be at least 1, got {self.mega_batch_factor}"),
+            (self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1),
+             f"devices must be 'auto' or at least 1, got {self.devices!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -32,7 +32,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -42,12 +42,16 @@ from curate.layouts import Mapping
 from curate.manifest import Manifest, content_hash, manifest_path
 from curate.models import ResolvedModel, resolve_llm
 from train import metrics as M
+from train.adapter_base import base_spec
 from train.errors import TrainError
 from train.merge import adapter_folder
 from train.objective import Objective
 from train.prompts import (
     Example, default_k, detect_task, gold, kshot_prompt, overlap, pick_shots, shared_system, to_examples, with_system,
 )
+
+if TYPE_CHECKING:
+    from curate.engine_cli import EngineChoice
 
 BASELINES = ("base", "kshot")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's max_lora_rank accepts
@@ -125,12 +129,13 @@ class Plan:
 
 def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | None = None, config: EvalConfig | None = None,
              *, shots_from: str | Path | None = None, mapping: Mapping | None = None, progress: bool = True,
-             compare: dict[str, str | Path] | None = None) -> EvalResult:
+             compare: dict[str, str | Path] | None = None, engine_choice: EngineChoice | None = None) -> EvalResult:
     """Score base zero-shot, base k-shot and the adapter on `test`; write eval.json, predictions, plots, manifest.
 
-    `compare` names further adapters of the same base model, answered by the same engine.
+    `compare` names further adapters of the same base model, answered by the same engine. `engine_choice` picks
+    another engine with LoRA (`--engine ray`: replicas on Ray); the default is one in-process vLLM engine.
     """
-    from curate.engines import open_engine
+    from curate.engine_cli import EngineChoice
     from curate.llm import SamplingConfig
 
     config = config or EvalConfig()
@@ -153,8 +158,10 @@ def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | Non
     generations: dict[str, list] = {}
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    with open_engine("vllm", model=str(plan.resolved.path), max_model_len=config.max_model_len, enable_lora=True,
-                     max_lora_rank=plan.rank) as engine:
+    engine_choice = engine_choice or EngineChoice("vllm")
+    with engine_choice.open(model=str(plan.resolved.path), max_model_len=config.max_model_len, enable_lora=True,
+                            max_lora_rank=plan.rank) as engine:
+        manifest.parameters["engine"] = engine_choice.describe(engine)
         seconds["engine_start"] = _lap(clock)
         for name in plan.contenders:
             console.print(f"answering {len(plan.test)} test rows: {name}")
@@ -223,7 +230,7 @@ def make_plan(adapter: str | Path, test: str | Path, config: EvalConfig, shots_f
 
     adapter_dir = adapter_folder(adapter)
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    resolved = check_base(adapter_config.get("base_model_name_or_path"), config.model, adapter_dir)
+    resolved = check_base(base_spec(adapter_dir), config.model, adapter_dir)
     manifest.add_input(adapter_dir)
     manifest.models.append(resolved.describe())
     adapters, ranks = {"adapter": adapter_dir}, [int(adapter_config.get("r", 16))]
@@ -232,7 +239,7 @@ def make_plan(adapter: str | Path, test: str | Path, config: EvalConfig, shots_f
             raise TrainError(f"--compare: the name {name!r} is taken; name compared adapters otherwise")
         folder = adapter_folder(other)
         other_config = json.loads((folder / "adapter_config.json").read_text())
-        check_base(other_config.get("base_model_name_or_path"), str(resolved.path), folder)
+        check_base(base_spec(folder), str(resolved.path), folder)
         adapters[name] = folder
         ranks.append(int(other_config.get("r", 16)))
         manifest.add_input(folder)

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 
 from curate.atomic import atomic_path, write_text
 from curate.console import console
-from curate.manifest import Manifest
+from curate.manifest import Manifest, manifest_path
 from curate.models import ResolvedModel, resolve_llm
 from train.batches import by_length, collate, length_grouped
 from train.config import MIN_ROWS, LoraTrainConfig
+from train.distributed import SINGLE, World, join
 from train.errors import TrainError
 from train.split import stratified_split
 from train.tokenize import IGNORE, Encoded, auto_max_length, encode_all, truncate
@@ -36,8 +37,9 @@ from train.tokenize import IGNORE, Encoded, auto_max_length, encode_all, truncat
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = Path("checkpoints") / "last"
 STATE_FILE = "trainer_state.pt"
-# Settings that do not change what a resumed run computes: they may differ between the runs.
-_RESUME_FREE = ("patience",)
+# Settings that do not change what a resumed run computes: they may differ between the runs
+# (on another number of devices a step still means the same).
+_RESUME_FREE = ("patience", "devices")
 
 
 @dataclass
@@ -103,15 +105,25 @@ def train_lora(
     Writes OUT/adapter (adapter, tokenizer, chat template), OUT/adapter.manifest.json,
     OUT/curves.png, OUT/split.json and, at each evaluation, OUT/checkpoints/last.
     `on_evaluate` is called after each evaluation and its checkpoint (raising in it interrupts the run).
+    Started by torchrun (WORLD_SIZE > 1), each rank trains on its share of every step (`train.distributed`)
+    and rank 0 alone writes.
     """
-    config = config or LoraTrainConfig()
+    world = join()
+    try:
+        return _train(data, output_dir, config or LoraTrainConfig(), resume, progress, on_evaluate, world)
+    finally:
+        world.leave()
+
+
+def _train(data, output_dir, config: LoraTrainConfig, resume: bool, progress: bool,
+           on_evaluate: Callable[[Progress], None] | None, world: World) -> TrainResult:
     config.validate()
     output_dir = Path(output_dir)
     checkpoint = output_dir / CHECKPOINT_DIR
     if resume and not (checkpoint / STATE_FILE).is_file():
         raise TrainError(f"nothing to resume: no checkpoint in {checkpoint}")
     manifest = TrainManifest(command="train lora", parameters=config.to_dict())
-    device = _device(config)
+    device = _device(config, world)
     records, path = _records(data)
     if path is not None:
         manifest.add_input(path)
@@ -121,12 +133,16 @@ def train_lora(
     manifest.models.append(resolved.describe())
     tokenizer = load_tokenizer(resolved)
     prepared = prepare(records, tokenizer, config, path)
+    say = console.print if world.main else _silent
     if prepared.truncated:
-        console.print(f"[yellow]warning:[/] {prepared.truncated} rows are longer than {prepared.max_length} tokens and were truncated")
+        say(f"[yellow]warning:[/] {prepared.truncated} rows are longer than {prepared.max_length} tokens and were truncated")
     if prepared.dropped:
-        console.print(f"[yellow]warning:[/] {prepared.dropped} rows lost their whole reply to truncation and were left out")
+        say(f"[yellow]warning:[/] {prepared.dropped} rows lost their whole reply to truncation and were left out")
 
     model = load_model(resolved, config, device)
+    forward = world.wrap(model, target_loss_sum)
+    if world.distributed:
+        world.seed(config.seed, 0)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     batch_size, micro_batch = config.effective_batch(len(prepared.train))
@@ -142,23 +158,32 @@ def train_lora(
     state = Progress()
     best_weights = _adapter_weights(model)
     if resume:
-        state, best_weights = load_checkpoint(checkpoint, model, optimizer, scheduler, fingerprint)
+        state, best_weights = load_checkpoint(checkpoint, model, optimizer, scheduler, fingerprint, world, config.seed)
         manifest.metrics["resumed_from_step"] = state.step
     elif checkpoint.exists():
-        console.print(f"[yellow]note:[/] starting over; the checkpoint in {checkpoint} is replaced (--resume continues it)")
+        say(f"[yellow]note:[/] starting over; the checkpoint in {checkpoint} is replaced (--resume continues it)")
     if state.base_val_loss is None:
-        state.base_val_loss = validation_loss(model, val_batches, device)
-    write_text(output_dir / "split.json", json.dumps({"train": prepared.train_ids, "validation": prepared.val_ids}) + "\n")
+        state.base_val_loss = validation_loss(model, val_batches, device, world)
+    if world.main:
+        write_text(output_dir / "split.json", json.dumps({"train": prepared.train_ids, "validation": prepared.val_ids}) + "\n")
+    world.barrier()
 
     lengths = [len(r.input_ids) for r in prepared.train]
-    bar = _progress_bar(total_steps, state.step, progress)
+    bar = _progress_bar(total_steps, state.step, progress and world.main)
     while state.step < total_steps and not state.stopped_early:
         epoch, done_in_epoch = divmod(state.step, steps_per_epoch)
         micro = length_grouped(lengths, micro_batch, seed=config.seed, epoch=epoch, factor=config.mega_batch_factor)
         steps = [micro[k : k + accumulation] for k in range(0, len(micro), accumulation)]
         for group in steps[done_in_epoch:]:
             t0 = time.perf_counter()
-            loss = train_step(model, [collate([prepared.train[i] for i in b], pad_id) for b in group], optimizer, scheduler, config, device, state)
+            if world.distributed:
+                mine = world.shard(group, micro_batch)  # no rows for this rank: a forward that counts nothing
+                batches = [collate([prepared.train[i] for i in b], pad_id) for b in mine or [group[0][:1]]]
+                n_targets = sum(_targets(prepared.train[i]) for b in group for i in b)
+                loss = train_step(model, batches, optimizer, scheduler, config, device, state,
+                                  world=world, forward=forward, n_targets=n_targets, idle=not mine)
+            else:
+                loss = train_step(model, [collate([prepared.train[i] for i in b], pad_id) for b in group], optimizer, scheduler, config, device, state)
             state.train_seconds += time.perf_counter() - t0
             state.step += 1
             state.train_losses.append((state.step, loss))
@@ -167,42 +192,60 @@ def train_lora(
             end_of_epoch = state.step % steps_per_epoch == 0
             due = state.step % config.eval_every == 0 if config.eval_every else end_of_epoch
             if due or state.step == total_steps:
-                val = validation_loss(model, val_batches, device)
+                val = validation_loss(model, val_batches, device, world)
                 if record_evaluation(state, val, steps_per_epoch, total_steps, config.patience):
                     best_weights = _adapter_weights(model)
                 bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}")
-                save_checkpoint(checkpoint, model, optimizer, scheduler, state, best_weights, fingerprint)
+                save_checkpoint(checkpoint, model, optimizer, scheduler, state, best_weights, fingerprint, world)
                 if on_evaluate is not None:
                     on_evaluate(state)
                 if state.stopped_early:
                     break
     bar.close()
     if state.stopped_early:
-        console.print(f"early stop at step {state.step}: no lower validation loss in {config.patience} evaluations")
+        say(f"early stop at step {state.step}: no lower validation loss in {config.patience} evaluations")
 
     _set_adapter_weights(model, best_weights)
     adapter_dir = output_dir / ADAPTER_DIR
+    curves = output_dir / "curves.png"
+    best_epoch = math.ceil(state.best_step / steps_per_epoch)
+    metrics = run_metrics(state, best_epoch, device)
+    if not world.main:  # rank 0 writes the outputs; the others wait until they exist
+        world.barrier()
+        return TrainResult(adapter_dir, manifest_path(adapter_dir), state.best_step, best_epoch, state.best_val_loss,
+                           state.stopped_early, state.evaluations, metrics["tokens_per_s"])
     with atomic_path(adapter_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    curves = output_dir / "curves.png"
+        from train.adapter_base import record_base  # the hub id in adapter_config.json, the local base beside it
+
+        record_base(tmp, resolved)
     plot_curves(state, curves)
-    best_epoch = math.ceil(state.best_step / steps_per_epoch)
     manifest.parameters.update(max_length=prepared.max_length, device=str(device), batch_size=batch_size,
-                               micro_batch_size=micro_batch, grad_accumulation=accumulation)
+                               micro_batch_size=micro_batch, grad_accumulation=accumulation, world_size=world.size)
     manifest.counts.update(
         rows_in=records.height, train_rows=len(prepared.train), validation_rows=len(prepared.val),
         truncated_rows=prepared.truncated, dropped_rows=prepared.dropped, steps=state.step,
         total_steps=total_steps, tokens_trained=state.tokens,
     )
-    manifest.metrics.update(run_metrics(state, best_epoch, device))
+    manifest.metrics.update(metrics)
     for out in (adapter_dir, curves, output_dir / "split.json"):
         manifest.add_output(out)
-    manifest_path = manifest.write(adapter_dir)
+    written = manifest.write(adapter_dir)
+    world.barrier()
     return TrainResult(
-        adapter_dir, manifest_path, state.best_step, best_epoch, state.best_val_loss,
+        adapter_dir, written, state.best_step, best_epoch, state.best_val_loss,
         state.stopped_early, state.evaluations, manifest.metrics["tokens_per_s"],
     )
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """What ranks other than 0 print: nothing (rank 0 says it once)."""
+
+
+def _targets(row: Encoded) -> int:
+    """The tokens of a row that carry loss: labels after the first position (as `target_loss_sum` counts)."""
+    return sum(label != IGNORE for label in row.labels[1:])
 
 
 def record_evaluation(state: Progress, val: float, steps_per_epoch: int, total_steps: int, patience: int) -> bool:
@@ -250,12 +293,14 @@ def prepare(records: pl.DataFrame, tokenizer, config: LoraTrainConfig, path: Pat
 # -- model -----------------------------------------------------------------------------
 
 
-def _device(config: LoraTrainConfig) -> torch.device:
+def _device(config: LoraTrainConfig, world: World = SINGLE) -> torch.device:
     if config.qlora and not torch.cuda.is_available():
         raise TrainError(
             "--qlora loads the base model in 4-bit with bitsandbytes, which needs a CUDA GPU, and this machine "
             "has none; leave out --qlora to train plain LoRA on the CPU"
         )
+    if world.distributed:
+        return world.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -352,19 +397,38 @@ def target_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels[keep], reduction="sum")
 
 
-def train_step(model, batches: list[dict[str, torch.Tensor]], optimizer, scheduler, config: LoraTrainConfig, device, state: Progress) -> float:
-    """One optimizer step over micro-batches; the loss is the mean over all target tokens of the step."""
+def train_step(model, batches: list[dict[str, torch.Tensor]], optimizer, scheduler, config: LoraTrainConfig, device, state: Progress,
+               *, world: World = SINGLE, forward: Callable | None = None, n_targets: int | None = None, idle: bool = False) -> float:
+    """One optimizer step over micro-batches; the loss is the mean over all target tokens of the step.
+
+    On several ranks `batches` are this rank's share, `n_targets` counts the whole step's targets,
+    and `forward` is the DDP-wrapped loss. DDP averages the ranks' gradients, so each rank's loss
+    is multiplied by their number: the all-reduce then yields the gradient of the step's mean. An
+    `idle` rank (a step with fewer rows than ranks) runs a forward that weighs nothing, because
+    every rank must join the all-reduce.
+    """
     model.train()
-    n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-    total = 0.0
-    for batch in batches:
+    if n_targets is None:
+        n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+    total, tokens, padded = 0.0, 0, 0
+    for n, batch in enumerate(batches):
         batch = {k: v.to(device) for k, v in batch.items()}
-        loss = target_loss_sum(model, batch) / n_targets
-        loss.backward()
+        if not world.distributed:
+            loss = target_loss_sum(model, batch) / n_targets
+            loss.backward()
+        else:
+            with world.syncing(last=n == len(batches) - 1):
+                loss = forward(batch) / n_targets
+                (loss * (0 if idle else world.size)).backward()
+            if idle:
+                continue
         total += loss.item()
         real = int(batch["attention_mask"].sum())
-        state.tokens += real
-        state.padded_tokens += batch["attention_mask"].numel() - real
+        tokens += real
+        padded += batch["attention_mask"].numel() - real
+    total, tokens, padded = world.sum([total, tokens, padded])
+    state.tokens += int(tokens)
+    state.padded_tokens += int(padded)
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
     optimizer.step()
     scheduler.step()
@@ -373,14 +437,15 @@ def train_step(model, batches: list[dict[str, torch.Tensor]], optimizer, schedul
 
 
 @torch.no_grad()
-def validation_loss(model, batches: list[dict[str, torch.Tensor]], device) -> float:
-    """Mean cross-entropy per target token over the whole validation set."""
+def validation_loss(model, batches: list[dict[str, torch.Tensor]], device, world: World = SINGLE) -> float:
+    """Mean cross-entropy per target token over the whole validation set (each rank sums its share)."""
     model.eval()
     total, count = 0.0, 0
-    for batch in batches:
+    for batch in world.part(batches):
         batch = {k: v.to(device) for k, v in batch.items()}
         total += target_loss_sum(model, batch).item()
         count += int((batch["labels"][:, 1:] != IGNORE).sum())
+    total, count = world.sum([total, count])
     return total / count
 
 
@@ -404,23 +469,30 @@ def _fingerprint(config: LoraTrainConfig, resolved: ResolvedModel, prepared: Pre
     return {"config": settings, "model": str(resolved.path), "train_ids": prepared.train_ids, "val_ids": prepared.val_ids}
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: Progress, best: dict, fingerprint: dict) -> None:
-    """Adapter, optimizer, scheduler, RNG and progress, written atomically: an interrupt leaves the previous one."""
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: Progress, best: dict, fingerprint: dict,
+                    world: World = SINGLE) -> None:
+    """Adapter, optimizer, scheduler, RNG and progress, written atomically: an interrupt leaves the previous one.
+
+    On several ranks (whose weights and optimizer states are equal) rank 0 writes, with every rank's RNG.
+    """
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not world.distributed:
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    with atomic_path(folder) as tmp:
-        model.save_pretrained(tmp)
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                "progress": state.__dict__, "best": best, "fingerprint": fingerprint,
-            },
-            tmp / STATE_FILE,
-        )
+    payload = {
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+        "progress": state.__dict__, "best": best, "fingerprint": fingerprint,
+    }
+    if world.distributed:
+        payload["rng_ranks"] = world.gather(world.rng_state())
+    if world.main:
+        with atomic_path(folder) as tmp:
+            model.save_pretrained(tmp)
+            torch.save(payload, tmp / STATE_FILE)
+    world.barrier()
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: dict) -> tuple[Progress, dict]:
+def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: dict, world: World = SINGLE,
+                    seed: int = 0) -> tuple[Progress, dict]:
     from safetensors.torch import load_file
 
     if not (folder / STATE_FILE).is_file():
@@ -437,11 +509,18 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: dict
     _set_adapter_weights(model, load_file(folder / "adapter_model.safetensors"))
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"]["torch"])
     random.setstate(saved["rng"]["python"])
-    if "cuda" in saved["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    return Progress(**saved["progress"]), saved["best"]
+    progress = Progress(**saved["progress"])
+    ranks = saved.get("rng_ranks")
+    if not world.distributed:  # rank 0's stream, when the checkpoint was made on several
+        torch.set_rng_state(saved["rng"]["torch"])
+        if "cuda" in saved["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    elif ranks is not None and len(ranks) == world.size:
+        world.set_rng_state(ranks[world.rank])
+    else:  # made on another number of ranks: the step means the same, dropout draws anew
+        world.seed(seed, progress.step)
+    return progress, saved["best"]
 
 
 # -- reporting -------------------------------------------------------------------------

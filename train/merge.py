@@ -11,6 +11,7 @@ from curate.atomic import atomic_path
 from curate.errors import InputError
 from curate.manifest import Manifest
 from curate.models import resolve_llm
+from train.adapter_base import base_spec
 from train.errors import TrainError
 from train.lora import ADAPTER_DIR
 
@@ -35,7 +36,7 @@ def merge_adapter(adapter: str | Path, output: str | Path, model: str | None = N
 
     adapter = adapter_folder(adapter)
     output = Path(output)
-    recorded = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    recorded = base_spec(adapter)  # the local base this adapter was trained on (adapter_config.json has its hub id)
     resolved = resolve_llm(model or recorded)
     manifest = Manifest(command="train merge", parameters={"model": model})
     manifest.add_input(adapter)
