@@ -3,9 +3,12 @@
 Dedup, decontamination and filters all compare records through `match_text`, so
 that "the same text" means one thing everywhere. What normalization does is one
 setting (`NORMALIZATIONS`), shared by exact and near dedup and decontamination: by
-default the same as datatrove's `TextNormConfig` (lower case, punctuation removed,
-digits to 0, diacritics folded, whitespace collapsed), so that `"Refund."` and
+default datatrove's `TextNormConfig` without its number folding (lower case,
+punctuation removed, diacritics folded, whitespace collapsed), so that `"Refund."` and
 `"refund"` are one word and shingles are over words, not words with commas attached.
+Numbers are kept by default because in short task rows they carry the meaning ("What is
+2+3?" and "What is 4+5?" are two examples); `digits` adds datatrove's folding, right for
+web-scale documents where numbers are noise.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ AUTO = "auto"
 NORMALIZATIONS = ("lower", "punct", "digits", "accents")
 """What `match_text` may do besides NFKC and collapsing whitespace (always done): lower case, remove
 punctuation and symbols, turn every number into 0, fold diacritics (é -> e)."""
-DEFAULT_NORMALIZATION = NORMALIZATIONS
+DEFAULT_NORMALIZATION = ("lower", "punct", "accents")
 BEFORE_NORMALIZATION = ("lower",)
 """smallset's matching before normalization was a setting (`--normalize lower`)."""
 

@@ -185,9 +185,11 @@ def test_rows_with_empty_text_are_named(tmp_path):
     src = tmp_path / "e.jsonl"
     src.write_text(json.dumps({"prompt": "hello", "completion": "there"}) + "\n"
                    + json.dumps({"prompt": "", "completion": "x"}) + "\n")
-    proc = run("dedup", str(src), "--fields", "user", "-o", str(tmp_path / "o.parquet"), ok=False)
-    assert "row 2" in proc.stderr and "no text" in proc.stderr
-    assert not (tmp_path / "o.parquet").exists()
+    proc = run("dedup", str(src), "--fields", "user", "-o", str(tmp_path / "o.parquet"))
+    assert "row 2" in proc.stderr and "no text" in proc.stderr  # named, and left for filter to judge
+    assert pl.read_parquet(tmp_path / "o.parquet").height == 2
+    proc = run("dedup", str(src), "--fields", "system", "-o", str(tmp_path / "none.parquet"), ok=False)
+    assert "no row has text in fields system" in proc.stderr and not (tmp_path / "none.parquet").exists()
 
 
 def test_select_size_zero_is_refused(corpus, tmp_path):

@@ -81,7 +81,9 @@ def test_near_dedup_on_real_text_matches_datatrove_style_truth(tmp_path):
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"id": f"d{k}", "prompt": t, "completion": "-"}) + "\n" for k, t in enumerate(texts)))
     _curate("ingest", src, "-o", tmp_path / "docs.parquet")
-    _curate("dedup", tmp_path / "docs.parquet", "--method", "near", "-o", tmp_path / "out.parquet")
+    # datatrove's normalization in full (numbers too), as the truth is defined; the default keeps numbers
+    _curate("dedup", tmp_path / "docs.parquet", "--method", "near", "--normalize", "lower,punct,digits,accents",
+            "-o", tmp_path / "out.parquet")
     row_of = {i: k for k, i in enumerate(pl.read_parquet(tmp_path / "docs.parquet")["id"])}  # ingest keeps the order
     dropped = {row_of[i] for i in pl.read_parquet(tmp_path / "out.parquet.drops.parquet")["id"].to_list()}
     precision, recall = len(dropped & truth) / len(dropped), len(dropped & truth) / len(truth)
@@ -124,6 +126,12 @@ def test_one_text_with_two_labels_is_a_label_conflict_not_two_rows(tmp_path):
     assert set(pl.read_parquet(tmp_path / "ignore.parquet.drops.parquet")["reason"]) == {"exact_duplicate"}
 
 
+def test_numbers_keep_two_short_rows_apart_by_default(tmp_path):
+    data, name = _classification(tmp_path, [("What is 2 + 3?", "5"), ("What is 4 + 5?", "9"), ("what is 2 + 3", "5")])
+    _curate("dedup", data, "--method", "exact", "--method", "near", "-o", tmp_path / "kept.parquet")
+    assert [name[i] for i in pl.read_parquet(tmp_path / "kept.parquet")["id"]] == ["t0", "t1"]  # case and "?" do not count, numbers do
+
+
 def test_normalization_is_a_setting_with_the_old_matching_reachable(tmp_path):
     data, name = _classification(tmp_path, ROWS)
     _curate("dedup", data, "--method", "exact", "--normalize", "lower", "--fields", "user,label", "-o", tmp_path / "old.parquet")
@@ -133,3 +141,11 @@ def test_normalization_is_a_setting_with_the_old_matching_reachable(tmp_path):
     proc = subprocess.run([CURATE, "dedup", str(data), "--normalize", "lower,stemming", "-o", str(tmp_path / "x.parquet")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "stemming" in proc.stderr and "--normalize" in proc.stderr
+
+
+def test_a_row_with_nothing_to_compare_passes_through_in_place(tmp_path):
+    data, name = _classification(tmp_path, [("Where is my order?", "shipping"), ("", "technical"),
+                                            ("", "billing"), ("where is my order", "shipping")])
+    proc = _curate("dedup", data, "--method", "exact", "-o", tmp_path / "kept.parquet")
+    assert [name[i] for i in pl.read_parquet(tmp_path / "kept.parquet")["id"]] == ["t0", "t1", "t2"]  # the two empty rows are no one's copy
+    assert "2 row(s) have no text in fields user and were not compared" in proc.stderr.replace("\n", " ")

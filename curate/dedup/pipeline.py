@@ -26,6 +26,7 @@ from curate.text import AUTO, field_text, match_text, parse_fields_or_auto, task
 from curate.dedup import METHODS
 CLUSTER_SIZE_COLUMN = "dedup_cluster_size"
 CONFLICT_COLUMN = "label_conflict"
+ROW_COLUMN = "__dedup_row"
 LABEL_CONFLICT_POLICIES = ("flag", "drop", "ignore")
 
 DedupResult = StepResult  # the name before the step contract
@@ -110,11 +111,19 @@ def dedup(df: pl.DataFrame, config: DedupConfig | None = None, *, progress: bool
     if df.height == 0:
         raise ValueError("the dataset is empty: nothing to dedup")
     config = dataclasses.replace(config, fields=config.fields or task_fields(df))
-    empty_rows = df.select(field_text(config.fields).str.len_chars() == 0).to_series().arg_true()
-    if len(empty_rows):
-        shown = ", ".join(f"row {i + 1} (id {df['id'][i]})" for i in empty_rows[:5].to_list())
-        raise ValueError(f"{len(empty_rows)} row(s) have no text in fields {', '.join(config.fields)}: {shown}")
     current = df.with_columns(pl.lit(1, dtype=pl.Int64).alias(CLUSTER_SIZE_COLUMN)) if CLUSTER_SIZE_COLUMN not in df.columns else df
+    # Rows with nothing to compare are no one's duplicate (not even of each other): they pass through, in place,
+    # for `filter` to judge (its empty_response and length rules).
+    empty = df.select(field_text(config.fields).str.len_chars() == 0).to_series()
+    messages = []
+    if empty.any():
+        if empty.all():
+            raise ValueError(f"no row has text in fields {', '.join(config.fields)}: nothing to compare")
+        shown = ", ".join(f"row {i + 1} (id {df['id'][i]})" for i in empty.arg_true()[:5].to_list())
+        messages.append(f"{int(empty.sum())} row(s) have no text in fields {', '.join(config.fields)} and were not "
+                        f"compared: {shown}")
+        current = current.with_row_index(ROW_COLUMN)
+        passed, current = current.filter(empty), current.filter(~empty)
     conflicts = config.label_conflicts != "ignore" and "label" in df.columns and df["label"].null_count() < df.height
     if conflicts and config.label_conflicts == "flag" and CONFLICT_COLUMN not in current.columns:
         current = current.with_columns(pl.lit(False).alias(CONFLICT_COLUMN))
@@ -161,8 +170,12 @@ def dedup(df: pl.DataFrame, config: DedupConfig | None = None, *, progress: bool
         elif disputed.any():
             current = current.with_columns((pl.col(CONFLICT_COLUMN) | pl.Series(disputed)).alias(CONFLICT_COLUMN))
         current = current.filter(pl.Series(keep_mask))
-    result = StepResult(current, pl.concat(all_drops), counts,
-                        parameters={"fields_used": list(config.fields)})
+    if messages:  # the uncompared rows back in their places
+        current = pl.concat([current, passed], how="diagonal_relaxed").sort(ROW_COLUMN).drop(ROW_COLUMN)
+        if CONFLICT_COLUMN in current.columns:
+            current = current.with_columns(pl.col(CONFLICT_COLUMN).fill_null(False))
+    result = StepResult(current, pl.concat(all_drops), counts, parameters={"fields_used": list(config.fields)},
+                        messages=messages)
     if conflicts and config.label_conflicts == "flag":
         flagged = int(current[CONFLICT_COLUMN].sum())
         result.counts["label_conflict_flagged"] = flagged
