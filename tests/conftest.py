@@ -43,6 +43,21 @@ def run_train(*args: str | Path, timeout: float = 900) -> subprocess.CompletedPr
     return proc
 
 
+def marked_processes(variable: str, mark: str) -> list:
+    """Live processes whose environment has `variable` = `mark`: every process a run started (the test sets the
+    variable in the run's environment), whoever its parent is now."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(variable) == mark and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     """One JSON value per line (rows need not be objects: bad input is written this way too)."""
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")

@@ -28,7 +28,9 @@ from curate.engines import BUILTINS, CAPABILITIES, engine_class
 from curate.ray_engine import RayEngine, RayEngineConfig, split
 from synth.generate import journal_path, plan_samples
 from synth.task import parse_task
+from conftest import marked_processes
 from test_engines import script_json  # tests/ is on the path, as pytest puts it there
+from test_synth import TASK as SYNTH_TASK
 
 SYNTH = str(Path(sys.executable).parent / "synth")
 RUN_MARK = "SMALLSET_TEST_RUN"
@@ -229,31 +231,13 @@ def test_close_stops_the_replicas_their_engines_and_the_local_ray_instance(repli
 
 # -- the journal's promise on Ray: SIGKILL of the driver, then the same command again -----------------
 
-TASK = {
-    "name": "tickets",
-    "instructions": "Write one short customer-support ticket and its category.",
-    "n": 12,
-    "seeds": [{"text": "I was charged twice.", "label": "billing"}],
-    "output": {
-        "fields": {"text": {"type": "string", "maxLength": 80},
-                   "label": {"type": "string", "enum": ["billing", "technical", "account", "shipping"]}},
-        "user": "{text}", "assistant": "{label}", "label": "{label}",
-    },
-    "axes": {"label": ["billing", "technical", "account", "shipping"], "tone": ["calm", "angry", "polite"]},
-    "sampling": {"temperature": 0.8, "max_tokens": 64, "seed": 5},
-}
+TASK = {**SYNTH_TASK, "n": 12,  # test_synth's task, smaller: two replicas share 2 cores
+        "axes": {"label": ["billing", "technical", "account", "shipping"], "tone": ["calm", "angry", "polite"]},
+        "sampling": {"temperature": 0.8, "max_tokens": 64, "seed": 5}}
 
 
 def marked(mark: str) -> list[psutil.Process]:
-    """Live processes whose environment carries `mark` (every process a run started, wherever it was reparented)."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get(RUN_MARK) == mark and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except (psutil.Error, OSError):
-            continue
-    return found
+    return marked_processes(RUN_MARK, mark)
 
 
 def alive(processes: list[psutil.Process]) -> list[str]:

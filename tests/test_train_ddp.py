@@ -23,7 +23,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import write_jsonl
+from conftest import marked_processes, write_jsonl
 from test_train import FAST, TRAIN, adapter, manifest, rows
 from train.cli import _command_line, lora
 from train.cli import main as train_cli
@@ -46,15 +46,7 @@ def start(data: Path, out: Path, *args: str) -> tuple[subprocess.Popen, str]:
 
 
 def marked(mark: str) -> list[psutil.Process]:
-    """The live processes of one run: the launcher, the agent and the ranks, whoever their parent is now."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get(MARK) == mark and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except (psutil.Error, OSError):
-            continue
-    return found
+    return marked_processes(MARK, mark)
 
 
 def ranks(mark: str) -> set[str]:

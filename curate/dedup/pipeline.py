@@ -195,9 +195,7 @@ def _near(df: pl.DataFrame, config: DedupConfig, progress: bool):
     texts = _texts(df, config).to_list()
     pairs, jaccard = current().near_pairs(texts, config.near)
     n = np.int64(len(texts))
-    codes = pairs[:, 0] * n + pairs[:, 1]  # sorted, as the pairs are: 8 bytes a pair, not a dict entry
-    order = np.argsort(codes, kind="stable")
-    codes, jaccard = codes[order], jaccard[order]
+    codes = pairs[:, 0] * n + pairs[:, 1]  # sorted, as every executor returns the pairs: 8 bytes a pair, not a dict entry
 
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         from curate.dedup.near import shingle_jaccard
