@@ -27,6 +27,15 @@ Arms, each through smallset's own CLIs in subprocesses (.venv/bin/curate, .venv/
                     --size auto --metric accuracy --test TEST when `curate select` has them,
                     else --size 1000) -> train lora
   no-STEP           the curated chain without STEP (one ablation per step)
+  pending           the curated chain, then the rows it flagged for review (check-labels'
+                    label_issue, dedup's label_conflict) left out, as a recipe with a review
+                    section and `wait: false` trains before anyone has answered
+  reviewed          the curated chain, then the flagged rows read by a simulated annotator who
+                    knows the truth (noisy version: the planted label; clean: the given one):
+                    a wrong label corrected, an off-task row rejected, the rest accepted, written
+                    as `curate review pull` writes decisions. The table says how many rows a
+                    person would have read. (No Argilla server: a person's answers cannot be
+                    caused otherwise; the routing and what is done with the answers are the tool's.)
 Curation outputs are shared between arms with a common prefix of steps.
 
 Every adapter is scored by `train eval ADAPTER --test TEST --shots-from POOL --metric
@@ -83,7 +92,9 @@ from curate.atomic import write_text  # noqa: E402
 from train.bootstrap import interval, paired_difference, resample_indices  # noqa: E402
 
 STEPS = ("dedup", "decontaminate", "filter", "check-labels", "select")
-ARMS = ("raw", "curated", *(f"no-{s}" for s in STEPS))
+REVIEW_ARMS = ("pending", "reviewed")
+ARMS = ("raw", "curated", *REVIEW_ARMS, *(f"no-{s}" for s in STEPS))
+FLAG_COLUMNS = ("label_issue", "label_conflict")  # what the curated chain routes to people
 VERSIONS = ("clean", "noisy")
 TASK, METRICS = "classification", ("accuracy", "macro_f1")
 NOISY_MAX_ROWS = 1000  # the issue's "curated set of <= 1,000 rows"
@@ -209,8 +220,9 @@ def off_task_sentences() -> list[str]:
     return out
 
 
-def make_noisy(task: Task, seed: int) -> tuple[list[dict[str, str]], list[str], dict[str, Any]]:
-    """The noisy pool (as many rows as the clean one), each row's kind, and what was planted."""
+def make_noisy(task: Task, seed: int) -> tuple[list[dict[str, str]], list[str], list[str | None], dict[str, Any]]:
+    """The noisy pool (as many rows as the clean one), each row's kind and true label (None: off-task), and
+    what was planted."""
     rng = np.random.default_rng(seed + 1)
     n = len(task.pool)
     n_dup, n_off = round(DUPLICATE_SHARE * n), round(OFF_TASK_SHARE * n)
@@ -232,6 +244,7 @@ def make_noisy(task: Task, seed: int) -> tuple[list[dict[str, str]], list[str], 
     real = [dict(r) for r in real]
     class_mix = dict(Counter(r["label"] for r in real))
     kinds = ["clean"] * len(real)
+    truth: list[str | None] = [r["label"] for r in real]
     for i in rng.choice(len(real), size=round(FLIP_SHARE * len(real)), replace=False):
         others = [lab for lab in task.labels if lab != real[i]["label"]]
         real[i]["label"] = others[int(rng.integers(len(others)))]
@@ -240,15 +253,17 @@ def make_noisy(task: Task, seed: int) -> tuple[list[dict[str, str]], list[str], 
     for i in rng.choice(len(real), size=n_dup, replace=n_dup > len(real)):
         rows.append({"text": templated_copy(real[i]["text"], rng), "label": real[i]["label"]})
         kinds.append("duplicate")
+        truth.append(truth[i])
     sentences = off_task_sentences()
     for i in rng.choice(len(sentences), size=n_off, replace=n_off > len(sentences)):
         rows.append({"text": sentences[i], "label": task.labels[int(rng.integers(len(task.labels)))]})
         kinds.append("off_task")
+        truth.append(None)
     order = rng.permutation(len(rows))
-    rows, kinds = [rows[i] for i in order], [kinds[i] for i in order]
+    rows, kinds, truth = [rows[i] for i in order], [kinds[i] for i in order], [truth[i] for i in order]
     planted = {"rows": len(rows), **Counter(kinds), "class_mix": class_mix,
                "natural_mix": dict(Counter(r["label"] for r in task.pool))}
-    return rows, kinds, planted
+    return rows, kinds, truth, planted
 
 
 def write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
@@ -320,7 +335,7 @@ def step_argv(step: str, curate: str, source: Path, out: Path, test: Path, label
 def chain_of(arm: str) -> tuple[str, ...]:
     if arm == "raw":
         return ()
-    if arm == "curated":
+    if arm in ("curated", *REVIEW_ARMS):
         return STEPS
     return tuple(s for s in STEPS if s != arm.removeprefix("no-"))
 
@@ -344,6 +359,7 @@ class Version:
     labels: list[str]
     work: Path
     kinds: dict[str, str] | None = None  # noisy: text -> planted kind
+    truth: dict[str, str | None] = field(default_factory=dict)  # text -> true label (None: off-task)
     steps: dict[tuple[str, ...], tuple[Path, float]] = field(default_factory=dict)
 
     def curated_data(self, chain: tuple[str, ...], run: Runner, curate: str, select: list[str]) -> tuple[Path, float]:
@@ -363,6 +379,47 @@ class Version:
                 self.steps[prefix] = (out, before + seconds)
         return self.steps[chain]
 
+    def after_review(self, data: Path, arm: str) -> tuple[Path, int, dict[str, int]]:
+        """The curated rows after the review stage of `arm`: flagged rows left out (pending), or decided by the
+        simulated annotator (reviewed); the rows a person reads and the decisions."""
+        df = pl.read_parquet(data)
+        flagged = pl.lit(False)
+        for column in FLAG_COLUMNS:
+            if column in df.columns:
+                flagged = flagged | pl.col(column).fill_null(False)
+        mask = df.select(flagged.alias("f"))["f"].to_list()
+        out = data.with_name(data.name.removesuffix(".parquet") + f"+{arm}.parquet")
+        if arm == "pending":
+            kept = df.filter(~pl.Series(mask))
+            decisions = {"pending": sum(mask)}
+        else:
+            keep, labels, messages, decisions = [], [], [], Counter()
+            for row, read in zip(df.iter_rows(named=True), mask):
+                text = next((m["content"] for m in row["messages"] if m["role"] == "user"), "")
+                true = self.truth.get(text, row["label"]) if read else row["label"]
+                turns = [dict(m) for m in row["messages"]]
+                if not read:
+                    decision = None
+                elif true is None:
+                    decision = "rejected"
+                elif true != row["label"]:
+                    decision = "corrected"
+                    for m in turns:
+                        if m["role"] == "assistant" and m["content"] == row["label"]:
+                            m["content"] = true
+                else:
+                    decision = "accepted"
+                if decision:
+                    decisions[decision] += 1
+                keep.append(decision != "rejected")
+                labels.append(true if decision == "corrected" else row["label"])
+                messages.append(turns)
+            kept = df.with_columns(pl.Series("label", labels, dtype=pl.String),
+                                   pl.Series("messages", messages, dtype=df.schema["messages"])).filter(pl.Series(keep))
+            decisions = dict(decisions)
+        kept.write_parquet(out)
+        return out, sum(mask), decisions
+
     def noise_left(self, data: Path) -> dict[str, str] | None:
         """How much of each planted kind of noise is still in the training data (noisy version)."""
         if self.kinds is None:
@@ -377,6 +434,10 @@ def run_arm(version: Version, arm: str, run: Runner, tools: dict[str, str], sele
     """Curate (from the shared steps), train, evaluate on the common test set and k-shot pool; a line of timing."""
     t0 = time.perf_counter()
     data, curate_seconds = version.curated_data(chain_of(arm), run, tools["curate"], select)
+    read, decisions = 0, None
+    if arm in REVIEW_ARMS:
+        data, read, decisions = version.after_review(data, arm)
+        print(f"    review ({arm}): {read} flagged rows {'left out' if arm == 'pending' else 'read'}: {decisions}")
     folder = version.work / "arms" / arm
     if folder.exists():
         shutil.rmtree(folder)
@@ -397,6 +458,7 @@ def run_arm(version: Version, arm: str, run: Runner, tools: dict[str, str], sele
         "reported": {k: report["results"]["adapter"].get(k) for k in METRICS},
         "kshot_reported": {k: report["results"]["kshot"].get(k) for k in METRICS},
         "shots": report.get("shots"), "noise_left": version.noise_left(data),
+        "review": {"flagged": read, "decisions": decisions} if arm in REVIEW_ARMS else None,
         "predictions": {c: predictions.filter(pl.col("contender") == c).sort("row")
                         .select("row", "gold", "prediction").to_dicts() for c in ("adapter", "kshot", "base")},
     }
@@ -423,7 +485,7 @@ def summarize(version: str, results: list[dict[str, Any]], seed: int) -> dict[st
             raise BenchmarkError(f"{version}: arm {r['arm']} was scored on other test rows")
         pred = [p["prediction"] for p in r["predictions"]["adapter"]]
         row = {k: r[k] for k in ("arm", "steps", "train_rows", "train_seconds", "train_wall_seconds", "curate_seconds",
-                                 "eval_wall_seconds", "noise_left")}
+                                 "eval_wall_seconds", "noise_left", "review")}
         for metric in METRICS:
             row[metric] = interval(TASK, metric, gold, pred, labels, draws=draws)
             for ref_name, ref in (("raw", raw), ("curated", by_arm.get("curated"))):
@@ -440,21 +502,28 @@ def summarize(version: str, results: list[dict[str, Any]], seed: int) -> dict[st
 
 
 def verdict(version: str, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    curated, raw = rows.get("curated"), rows.get("raw")
-    if curated is None or raw is None:
-        return {"met": None, "why": "needs the raw and the curated arms"}
-    acc, f1 = curated["accuracy_vs_raw"], curated["macro_f1_vs_raw"]
+    """The issue's target for the curated arm; the same test for the review arms, under `by_arm`."""
+    raw = rows.get("raw")
+    judged = {arm: _verdict(version, rows[arm], raw, arm) for arm in ("curated", *REVIEW_ARMS)
+              if arm in rows and raw is not None}
+    if "curated" not in judged:
+        return {"met": None, "why": "needs the raw and the curated arms", "by_arm": judged}
+    return {**judged["curated"], "by_arm": judged}
+
+
+def _verdict(version: str, arm: dict[str, Any], raw: dict[str, Any], name: str) -> dict[str, Any]:
+    acc, f1 = arm["accuracy_vs_raw"], arm["macro_f1_vs_raw"]
     if version == "clean":
         met = acc["high"] >= 0 and f1["high"] >= 0
-        why = (f"curated vs raw: accuracy {pts(acc)}, macro-F1 {pts(f1)}; target: neither interval wholly below 0 "
-               f"(curated never worse than raw beyond the CI)")
+        why = (f"{name} vs raw: accuracy {pts(acc)}, macro-F1 {pts(f1)}; target: neither interval wholly below 0 "
+               f"({name} never worse than raw beyond the CI)")
         return {"met": bool(met), "why": why}
-    small = curated["train_rows"] <= NOISY_MAX_ROWS
+    small = arm["train_rows"] <= NOISY_MAX_ROWS
     better = acc["low"] > 0
-    faster = curated["train_seconds"] < raw["train_seconds"]
-    why = (f"curated trains on {curated['train_rows']} rows (target <= {NOISY_MAX_ROWS}: {'yes' if small else 'no'}); "
+    faster = arm["train_seconds"] < raw["train_seconds"]
+    why = (f"{name} trains on {arm['train_rows']} rows (target <= {NOISY_MAX_ROWS}: {'yes' if small else 'no'}); "
            f"accuracy vs raw {pts(acc)} (target: interval above 0: {'yes' if better else 'no'}); training "
-           f"{curated['train_seconds']:.1f} s vs raw {raw['train_seconds']:.1f} s (less: {'yes' if faster else 'no'})")
+           f"{arm['train_seconds']:.1f} s vs raw {raw['train_seconds']:.1f} s (less: {'yes' if faster else 'no'})")
     return {"met": bool(small and better and faster), "why": why}
 
 
@@ -474,13 +543,14 @@ def print_table(summary: dict[str, Any]) -> None:
     table = Table(title=f"{summary['version']}: {summary['test_rows']} test rows, {len(summary['labels'])} labels; "
                         "metrics in %, 95% bootstrap intervals; differences paired")
     for col in ("arm", "train rows", "accuracy", "macro-F1", "acc. vs raw", "F1 vs raw", "train s", "curate s",
-                *(["noise left (flip, dup, off-task)"] if noisy else [])):
+                "rows read", *(["noise left (flip, dup, off-task)"] if noisy else [])):
         table.add_column(col, justify="left" if col in ("arm",) else "right")
     for r in summary["arms"]:
         diff = [pts(r[f"{m}_vs_raw"]) if f"{m}_vs_raw" in r else "" for m in METRICS]
         left = r["noise_left"]
         table.add_row(r["arm"], str(r["train_rows"]), pct(r["accuracy"]), pct(r["macro_f1"]), *diff,
                       f"{r['train_seconds']:.1f}", f"{r['curate_seconds']:.1f}",
+                      str(r["review"]["flagged"]) if r["review"] and r["arm"] == "reviewed" else "",
                       *([", ".join(left.values()) if left else ""] if noisy else []))
     Console(width=200).print(table)
     b = summary["baselines"]
@@ -493,9 +563,10 @@ def print_table(summary: dict[str, Any]) -> None:
             effect = ("no clear effect" if not d["significant"] else
                       "the step helped" if d["value"] < 0 else "the step hurt")
             print(f"  without {r['arm'][3:]}: accuracy vs curated {pts(d)} -> {effect}")
-    v = summary["verdict"]
-    mark = "n/a" if v["met"] is None else "MET" if v["met"] else "NOT MET"
-    print(f"verdict ({summary['version']}): {mark}: {v['why']}\n")
+    for arm, v in (summary["verdict"].get("by_arm") or {"curated": summary["verdict"]}).items():
+        mark = "n/a" if v["met"] is None else "MET" if v["met"] else "NOT MET"
+        print(f"verdict ({summary['version']}, {arm}): {mark}: {v['why']}")
+    print()
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -558,18 +629,19 @@ def run_benchmark(args: argparse.Namespace) -> int:
     summaries = []
     for name in args.versions:
         pool = data / f"{name}.pool.jsonl"
-        kinds = None
+        kinds, truth = None, {}
         if name == "clean":
             write_jsonl(pool, task.pool)
         else:
-            rows, row_kinds, planted = make_noisy(task, args.seed)
+            rows, row_kinds, row_truth, planted = make_noisy(task, args.seed)
+            truth = {r["text"]: t for r, t in zip(rows, row_truth)}
             write_jsonl(pool, rows)
             write_text(data / "noisy.planted.json", json.dumps(planted, indent=2) + "\n")
             kinds = {r["text"]: k for r, k in zip(rows, row_kinds) if k != "clean"}
             print(f"noisy pool: {planted.get('flipped', 0)} flipped labels, {planted.get('duplicate', 0)} templated "
                   f"duplicates, {planted.get('off_task', 0)} off-task rows; class mix "
                   + ", ".join(f"{lab} {n}" for lab, n in sorted(planted["class_mix"].items(), key=lambda kv: -kv[1])))
-        version = Version(name, pool, test, task.labels, work / name, kinds)
+        version = Version(name, pool, test, task.labels, work / name, kinds, truth)
         print(f"[{name}] {len(args.arms)} arms")
         results = [run_arm(version, arm, run, tools, select, args.epochs, args.lr, args.seed) for arm in args.arms]
         summary = summarize(name, results, args.seed)

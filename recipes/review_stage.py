@@ -32,7 +32,7 @@ from curate.readers import read_records
 from curate.review.server import DEFAULT_PORT, DEFAULT_WORKSPACE, Workspace, external_deployment
 from curate.writers import write_records
 from recipes.commands import RunError, run_command
-from recipes.stages import _exe
+from recipes.stages import DEFAULT_REVIEW_ROUTE, _exe
 
 SERVER_START_S = 300.0
 OUTCOME = "review_outcome"
@@ -165,7 +165,7 @@ def apply_decisions(stage) -> None:
     routed = pulled.filter(pulled["meta"].fill_null("{}").str.json_path_match("$.review.record").is_not_null())
     decided = {rid: (outcome, i) for i, (rid, outcome) in enumerate(zip(routed["id"], routed[OUTCOME]))}
     push = {str(k).replace("_", "-"): v for k, v in (stage.params.get("push") or {}).items()}
-    policy = Route(policy=push.get("route", "all"), score_column=push.get("score-column", "judge_score"),
+    policy = Route(policy=push.get("route", DEFAULT_REVIEW_ROUTE), score_column=push.get("score-column", "judge_score"),
                    band=parse_band(str(push.get("band", "2.5:3.5"))), fraction=float(push.get("fraction", 0.1)),
                    seed=int(push.get("seed", 0)), where=push.get("where"))
     unseen = rows.filter(~pl.col("id").is_in(list(decided)))

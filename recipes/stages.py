@@ -25,6 +25,7 @@ from recipes.spec import Recipe
 
 BIN = Path(sys.executable).parent
 EVAL_TASKS = {"classification": "classification", "exact": "exact", "free_text": "free"}
+DEFAULT_REVIEW_ROUTE = "suspects"  # a review section without a route: synthetic rows and rows curation flagged
 
 
 @dataclass
@@ -180,7 +181,9 @@ def _pipeline(recipe: Recipe, run_dir: Path, *, main: bool = True, main_curve: P
 
     if recipe.review is not None:
         out = run_dir / "review" / "accepted.parquet"
-        push = args("curate review push", recipe.review.push, "review.push", reserved=("name", "key", "workspace"))
+        # Without a route, people read what curation could not vouch for (synthetic and flagged rows).
+        push_options = {"route": DEFAULT_REVIEW_ROUTE, **recipe.review.push}
+        push = args("curate review push", push_options, "review.push", reserved=("name", "key", "workspace"))
         stages.append(Stage("review", out, [current], params={
             "dataset": recipe.review_dataset, "key": recipe.name, "wait": recipe.review.wait, "push": push,
             "workspace": str(recipe.resolve(recipe.review.workspace)) if recipe.review.workspace else None,

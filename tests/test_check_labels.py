@@ -255,6 +255,22 @@ def test_flagged_rows_route_to_review_with_where_label_issue(corpus):
     assert routed["id"].to_list() == kept.filter(pl.col("label_issue"))["id"].to_list()
 
 
+def test_route_suspects_picks_flagged_conflicting_and_synthetic_rows(corpus):
+    """`--route suspects` (a recipe's default) = rows check-labels flagged, dedup's label conflicts, synthetic rows."""
+    kept, _, _ = _outputs(corpus, "clean_strict")
+    flagged = set(kept.filter(pl.col("label_issue"))["id"])
+    plain = kept.filter(~pl.col("label_issue"))["id"].to_list()
+    conflict, synthetic = plain[0], plain[1]
+    marked = kept.with_columns(
+        label_conflict=pl.col("id") == conflict,
+        source=pl.when(pl.col("id") == synthetic).then(pl.lit("synth:tickets")).otherwise(pl.col("source")))
+    routed = route(marked, Route(policy="suspects"))
+    assert set(routed["id"]) == flagged | {conflict, synthetic}
+    assert routed["id"].to_list() == [i for i in marked["id"] if i in flagged | {conflict, synthetic}]  # dataset order
+    # Without any flag column only synthetic rows are suspects.
+    assert route(kept.drop("label_issue"), Route(policy="suspects")).height == 0
+
+
 def test_planted_flips_are_caught_and_strong_drops_are_real_flips(corpus):
     kept, drops, manifest = _outputs(corpus, "flipped")
     ids, flips = corpus["ids"]["flipped"], corpus["flips"]

@@ -47,6 +47,18 @@ def test_bundled_recipes_are_valid_and_plan_every_stage(path, tmp_path):
     assert str(recipe.resolve(recipe.data.test)) in decon.commands[0]  # always against the held-out set
 
 
+def test_a_review_section_without_a_route_sends_people_the_suspects(tmp_path):
+    """`review: {}` routes synthetic and flagged rows (`--route suspects`); a route the recipe names wins."""
+    def push_args(review):
+        stages = plan(load_recipe(write_recipe(tmp_path, base_recipe(review=review))), tmp_path / "run")
+        return next(s for s in stages if s.name == "review").params["push"]
+
+    default = push_args({})
+    assert default[default.index("--route") + 1] == "suspects"
+    named = push_args({"push": {"route": "synthetic"}})
+    assert named[named.index("--route") + 1] == "synthetic" and named.count("--route") == 1
+
+
 @pytest.mark.parametrize(
     "change, field, words",
     [

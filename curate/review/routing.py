@@ -11,6 +11,10 @@ Review time is the scarce resource, so `push` can send only part of a dataset:
   (seed, row id), so it is the same on every run and a grown dataset keeps the
   rows it had already picked, as far as the fraction allows;
 * `synthetic`: rows made by `synth generate` (source `synth:...` or `meta.synth`);
+* `suspects`: the rows curation could not vouch for: synthetic rows and rows a step
+  flagged for people (`label_issue` from check-labels, `label_conflict` from dedup).
+  A recipe's review stage uses it when `review.push` names no route, so that a
+  suspected label error is read by a person instead of trained on unseen;
 * `filter`: rows for which `--where` holds.
 
 `--where EXPR` can narrow any policy. EXPR is a SQL expression over the
@@ -31,8 +35,9 @@ import polars as pl
 from curate.conditions import ConditionError, condition_mask
 from curate.errors import SmallsetError
 
-POLICIES = ("all", "borderline", "audit", "synthetic", "filter")
+POLICIES = ("all", "borderline", "audit", "synthetic", "suspects", "filter")
 SYNTH_SOURCE_PREFIX = "synth"
+FLAG_COLUMNS = ("label_issue", "label_conflict")  # boolean columns curate steps set on rows they keep but doubt
 
 
 class RoutingError(SmallsetError):
@@ -87,6 +92,15 @@ def is_synthetic() -> pl.Expr:
     return from_source | from_meta
 
 
+def is_suspect(df: pl.DataFrame) -> pl.Expr:
+    """Synthetic rows, and rows with a curation flag (FLAG_COLUMNS) set."""
+    suspect = is_synthetic()
+    for column in FLAG_COLUMNS:
+        if column in df.columns:
+            suspect = suspect | pl.col(column).fill_null(False)
+    return suspect
+
+
 def route(df: pl.DataFrame, policy: Route) -> pl.DataFrame:
     """The rows to review, in dataset order."""
     if policy.policy == "borderline":
@@ -104,6 +118,8 @@ def route(df: pl.DataFrame, policy: Route) -> pl.DataFrame:
         df = _audit_sample(df, policy.fraction, policy.seed)
     elif policy.policy == "synthetic":
         df = df.filter(is_synthetic())
+    elif policy.policy == "suspects":
+        df = df.filter(is_suspect(df))
     if policy.where:
         df = df.filter(_where(df, policy.where))
     return df
