@@ -21,7 +21,7 @@ from curate.manifest import Manifest
 from curate.models import resolve_embedder, resolve_llm
 from curate.plugins import load, registered
 from curate.readers import read_records
-from curate.step_cli import step_command
+from curate.step_cli import executor_from_cli, executor_options, step_command
 from curate.writers import check_output, write_records, write_rejects
 
 
@@ -62,12 +62,17 @@ def main() -> None:
               help="fail: stop at the first bad row and write nothing. skip: write the good rows and OUTPUT.rejects.jsonl.")
 @click.option("--delimiter", help="CSV/TSV field delimiter, one character or 'tab' (default: ',' for .csv, tab for .tsv).")
 @click.option("--encoding", help="Text encoding of JSONL/JSON/CSV/TSV inputs, e.g. utf-8-sig, utf-16, latin-1, cp1252 (default: utf-8).")
+@executor_options
 def ingest(inputs: tuple[Path, ...], output: Path, layout: str | None, pairs: tuple[str, ...],
-           source: str | None, split: str | None, on_error: str, delimiter: str | None, encoding: str | None) -> None:
+           source: str | None, split: str | None, on_error: str, delimiter: str | None, encoding: str | None,
+           executor: str, ray_address: str | None, ray_workers: int | None) -> None:
     """Read raw examples (JSONL, JSON, CSV, TSV, Parquet, a saved datasets folder) into records.
 
     Known layouts: chat `messages`; ShareGPT `conversations`; `prompt`/`completion`;
     Alpaca `instruction`/`input`/`output`; `text` + `label`. Unmapped columns go to `meta`.
+
+    With --executor ray the inputs are read side by side, one Ray task each (every node
+    must see the files); the records are the same.
 
     \b
     Example:
@@ -79,10 +84,13 @@ def ingest(inputs: tuple[Path, ...], output: Path, layout: str | None, pairs: tu
                                                      "split": split, "on_error": on_error,
                                                      "delimiter": delimiter, "encoding": encoding})
     tables, rejects = [], []
+    runner = executor_from_cli(executor, ray_address, ray_workers)
+    manifest.executor = runner.describe()
+    results = runner.read(list(inputs), mapping=mapping, source=source, on_error=on_error, split=split,
+                          delimiter=delimiter, encoding=encoding)
     for path in inputs:
         with console.status(f"reading {path}"):
-            result = read_records(path, mapping, source=source, on_error=on_error, split=split,
-                                  delimiter=delimiter, encoding=encoding)
+            result = next(results)
         manifest.add_input(path, rows=result.rows_in, rejected=len(result.rejects))
         tables.append(result.records)
         rejects += result.rejects

@@ -23,6 +23,10 @@ class InputError(SmallsetError):
     def __post_init__(self) -> None:
         super().__init__(str(self))
 
+    def __reduce__(self):
+        """Pickled by its fields, so that it crosses process and Ray task boundaries as itself."""
+        return (type(self), (self.path, self.reason, self.line, self.field, self.unit))
+
     @property
     def where(self) -> str:
         parts = [str(self.path) if self.path is not None else "<input>"]

@@ -8,6 +8,8 @@ through a handful of primitives, the parts of curation whose cost grows with the
   here and distributes through the primitives below.
 * `encode(spec, chunks, batch_size)`: sentence embeddings of text chunks (the embedding cache,
   which texts are missing and in which chunks, stays in `curate.embeddings`);
+* `read(paths, **options)`: `curate ingest`'s inputs, each read by `curate.readers.read_records`
+  (one task per input on Ray), results in input order;
 * `exact_pairs`, `near_pairs`, `semantic_pairs`: the duplicate pairs of the dedup methods.
   Clustering the pairs and choosing the keeper stay in `curate.dedup`, on the driver, so the
   kept rows, drop reasons and `duplicate_of` are the same whichever executor found the pairs.
@@ -28,9 +30,12 @@ import numpy as np
 import polars as pl
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from curate.dedup.near import NearDedupConfig
     from curate.dedup.semantic import SemanticDedupConfig
     from curate.ray_cluster import RayOptions
+    from curate.readers import ReadResult
     from curate.step import Step, StepResult
 
 EXECUTORS = ("local", "ray")
@@ -50,6 +55,12 @@ class LocalExecutor:
         from curate.embeddings import encode_locally
 
         return encode_locally(spec, chunks, batch_size)
+
+    def read(self, paths: list[Path], **options: Any) -> Iterator[ReadResult]:
+        """Each input read into records, in order (one at a time, as they are asked for)."""
+        from curate.readers import read_records
+
+        return (read_records(path, **options) for path in paths)
 
     def exact_pairs(self, texts: pl.Series) -> np.ndarray:
         from curate.dedup.exact import exact_pairs

@@ -94,6 +94,16 @@ class RayExecutor:
             raise _unwrap(exc) from None
         return step.combine([_result_from_row(row) for row in rows])
 
+    # --- reading --------------------------------------------------------------------------------
+
+    def read(self, paths, **options):
+        """One task per input (a file, a shard folder, a datasets folder), all at once; results in input
+        order. Every node must see the paths (a shared file system), as every Ray reader needs."""
+        task = self._remote(_read_one)
+        refs = [task.remote(str(path), options) for path in paths]
+        for ref in refs:
+            yield self._get(ref)
+
     # --- embeddings ------------------------------------------------------------------------------
 
     def encode(self, spec: str | None, chunks: list[list[str]], batch_size: int) -> Iterator[np.ndarray]:
@@ -189,6 +199,12 @@ def _run_block(batch, step):
             "warnings": result.warnings, "note": result.note}
     return pa.table({"block": [block], "kept": [_ipc(result.kept)], "drops": [_ipc(result.drops)],
                      "meta": [json.dumps(meta, default=str)]})
+
+
+def _read_one(path: str, options: dict):
+    from curate.readers import read_records
+
+    return read_records(path, **options)
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:

@@ -108,6 +108,14 @@ def executor_params() -> list[click.Option]:
     ]
 
 
+def executor_options(function):
+    """Decorator of a command's function, like `click.option`: it gets `executor_params()` (arguments
+    `executor`, `ray_address`, `ray_workers`)."""
+    memo = function.__dict__.setdefault("__click_params__", [])
+    memo.extend(reversed(executor_params()))  # click adds decorator params in reverse
+    return function
+
+
 def executor_from_cli(name: str, address: str | None, workers: int | None):
     """The executor the flags ask for (Ray is imported only for `ray`)."""
     if name == "local":

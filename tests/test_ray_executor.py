@@ -123,6 +123,36 @@ def test_a_step_error_on_ray_is_the_step_error(cluster, data, tmp_path):
     assert not out.exists() and not Path(f"{out}.manifest.json").exists()
 
 
+def test_ingest_on_two_nodes_reads_every_input_as_local_does(cluster, data, tmp_path):
+    """`curate ingest --executor ray`: one task per input (JSONL, CSV, Parquet), the same records and manifest inputs;
+    a bad line in one input is the local error, naming the file and line, and nothing is written."""
+    rows = pl.read_parquet(data["raw"])
+    texts = [turns[0]["content"] for turns in rows["messages"].to_list()]
+    jsonl, csv, parquet = tmp_path / "a.jsonl", tmp_path / "b.csv", tmp_path / "c.parquet"
+    jsonl.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in zip(texts[:60], rows["label"])))
+    pl.DataFrame({"text": texts[60:120], "label": rows["label"][60:120]}).write_csv(csv)
+    pl.DataFrame({"text": texts[120:200], "label": rows["label"][120:200]}).write_parquet(parquet)
+    inputs = [jsonl, csv, parquet]
+    local, ray = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    _curate("ingest", *inputs, "-o", local)
+    _curate("ingest", *inputs, "-o", ray, "--executor", "ray", "--ray-address", cluster.address)
+    assert pl.read_parquet(ray).equals(pl.read_parquet(local))
+    manifests = [json.loads(Path(f"{p}.manifest.json").read_text()) for p in (local, ray)]
+    assert manifests[1]["inputs"] == manifests[0]["inputs"] and manifests[1]["executor"]["name"] == "ray"
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(jsonl.read_text() + "{not json\n")
+    errors = []
+    for extra in ([], ["--executor", "ray", "--ray-address", cluster.address]):
+        out = tmp_path / f"bad-{len(extra)}.parquet"
+        proc = subprocess.run([CURATE, "ingest", str(jsonl), str(bad), "-o", str(out), *extra],
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and not out.exists()
+        assert "Traceback" not in proc.stderr and "RayTaskError" not in proc.stderr
+        errors.append(proc.stderr.strip().splitlines()[-1])
+    assert errors[0] == errors[1] and "bad.jsonl" in errors[0] and "61" in errors[0]
+
+
 def test_the_local_executor_never_imports_ray(data, tmp_path):
     script = ("import sys\nfrom click.testing import CliRunner\nfrom curate.cli import main\n"
               f"r = CliRunner().invoke(main, ['dedup', {str(data['raw'])!r}, '-o', {str(tmp_path / 'o.parquet')!r}])\n"
