@@ -425,7 +425,13 @@ class Version:
         if self.kinds is None:
             return None
         planted = Counter(self.kinds.values())
-        left = Counter(self.kinds.get(t, "clean") for t in user_texts(data))
+        labels = pl.read_parquet(data, columns=["label"])["label"].to_list()
+        left = Counter()
+        for text, label in zip(user_texts(data), labels):
+            kind = self.kinds.get(text, "clean")
+            if kind == "flipped" and label == self.truth.get(text):
+                continue  # a flipped label a reviewer corrected is no longer noise
+            left[kind] += 1
         return {k: f"{left[k]}/{planted[k]}" for k in ("flipped", "duplicate", "off_task")}
 
 
