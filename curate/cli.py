@@ -299,11 +299,22 @@ def drift(current: Path, reference: Path, fields: str, json_path: Path | None, o
         raise SystemExit(3)
 
 
+from curate.audit import command as audit_command  # noqa: E402
+
+main.add_command(audit_command, "audit")
+
+
 @main.command()
 @click.option("--llm", help="LLM spec: 'default', a local folder or a hub id (env SMALLSET_LLM).")
 @click.option("--embedder", help="Embedding model spec (env SMALLSET_EMBEDDER).")
 def models(llm: str | None, embedder: str | None) -> None:
-    """Resolve the models every stage uses; converts the default LLM on first use."""
+    """Resolve the models every stage uses; converts the default LLM on first use.
+
+    \b
+    Examples:
+      curate models
+      curate models --llm HuggingFaceTB/SmolLM2-360M-Instruct --embedder ./models/bge-small
+    """
     with console.status("resolving models (the first run converts the default LLM, about 30 s)"):
         resolved = [resolve_llm(llm), resolve_embedder(embedder)]
     for model in resolved:

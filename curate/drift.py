@@ -508,13 +508,8 @@ def run_drift(current: Path, reference: Path, config: DriftConfig, *, json_path:
         manifest.add_input(path, rows=result.rows_in)
         frames.append(result.records)
     report = compare(frames[0], frames[1], config, names=(str(current), str(reference)))
-    if json_path is not None:
-        write_text(json_path, json.dumps(report.figures, indent=2, ensure_ascii=False, default=_json_default) + "\n")
-    if html_path is not None:
-        write_text(html_path, render_html(report, title or f"Drift: {current.name} against {reference.name}"))
-    outputs = [p for p in (json_path, html_path) if p is not None]
-    for path in outputs:
-        manifest.add_output(path)
+    outputs = write_reports(manifest, report.figures, json_path, html_path,
+                            lambda: render_html(report, title or f"Drift: {current.name} against {reference.name}"))
     f = report.figures
     manifest.counts = {"current": f["current"]["rows"], "reference": f["reference"]["rows"],
                        "current_compared": f["current"]["compared"], "reference_compared": f["reference"]["compared"],
@@ -525,6 +520,22 @@ def run_drift(current: Path, reference: Path, config: DriftConfig, *, json_path:
     for path in outputs:
         manifest.write(path)
     return report
+
+
+def write_reports(manifest: Any, figures: dict[str, Any], json_path: Path | None, html_path: Path | None,
+                  render: Any) -> list[Path]:
+    """Write the figures as JSON and `render()`'s page as HTML (each when asked for), atomically, and list
+    them as the manifest's outputs (the caller writes the manifest beside each once its counts are in)."""
+    from curate.atomic import write_text
+
+    if json_path is not None:
+        write_text(json_path, json.dumps(figures, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    if html_path is not None:
+        write_text(html_path, render())
+    outputs = [p for p in (json_path, html_path) if p is not None]
+    for path in outputs:
+        manifest.add_output(path)
+    return outputs
 
 
 def summary_lines(report: DriftReport, terms: int = 6) -> list[str]:

@@ -72,7 +72,12 @@ def run(recipe_file: Path, run_dir: Path | None, from_stage: str | None, until_s
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder to compare with.  [default: runs/NAME]")
 def check(recipe_file: Path, run_dir: Path | None) -> None:
-    """Validate RECIPE and list its stages, and which of them a run would skip."""
+    """Validate RECIPE and list its stages, and which of them a run would skip.
+
+    \b
+    Example:
+      smallset check recipes/support_tickets.yaml --run-dir runs/support-tickets
+    """
     from recipes.runner import is_fresh, load_state
     from recipes.spec import load_recipe
     from recipes.stages import plan

@@ -137,6 +137,13 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
                        "unparsable": int((drops["reason"] == "unparsable").sum()),
                        "privacy_dropped": int(drops["reason"].str.starts_with("pii:").sum() + (drops["reason"] == "seed_copy").sum())}
     manifest.parameters.update(usage=result.usage, privacy_guard=guarded, privacy=privacy_counts)
+    if task.seeds and records.height:  # fidelity and privacy against the seeds, as `curate audit --against` says them
+        from curate.models import resolve_embedder
+        from synth.generate import seed_audit
+
+        with console.status("auditing the samples against the seeds: fidelity and privacy"):
+            manifest.parameters["audit"] = seed_audit(records, task)
+        manifest.models.append(resolve_embedder(None).describe())
     if hasattr(engine, "per_endpoint"):
         manifest.parameters["endpoints"] = engine.per_endpoint  # which server answered how many requests
     manifest.write(output)

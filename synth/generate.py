@@ -169,3 +169,21 @@ def _to_records(task: TaskSpec, entries: list[dict[str, Any]], model_name: str) 
         detail=[f"{e['error']}; reply: {e['text'][:120]!r}" for e in failed],
     )
     return records, drops
+
+
+def seed_audit(records: pl.DataFrame, task: TaskSpec) -> dict[str, Any] | None:
+    """Fidelity and privacy of the generated records against the task's seeds, as `curate audit --against`
+    measures them (`curate.audit`): the verdicts and their figures, for the manifest. None without seeds."""
+    if not task.seeds or records.height == 0:
+        return None
+    from curate.audit import fidelity_privacy
+
+    seeds = pl.DataFrame([{"id": "", **task.output.render(seed), "source": f"seeds:{task.name}", "meta": "{}"}
+                          for seed in task.seeds], schema=CORE_SCHEMA)
+    fidelity, privacy, _ = fidelity_privacy(records, with_ids(seeds), names=(f"synth:{task.name}", "seeds"))
+    checks = {name: {k: c.get(k) for k in ("value", "p_value", "drift", "skipped") if k in c}
+              for name, c in fidelity.get("checks", {}).items()}
+    return {"fidelity": {"verdict": fidelity["verdict"], "reasons": fidelity["reasons"], "checks": checks},
+            "privacy": {k: privacy[k] for k in ("verdict", "reasons", "notes", "synthetic_rows", "real_rows", "baseline",
+                                                 "dcr", "pii")}
+                       | {"copies": {k: v for k, v in privacy["copies"].items() if k != "examples"}}}

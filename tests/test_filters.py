@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -173,6 +174,26 @@ def test_user_expression_rule():
         assert drop["reason"] == "rule:good_judge"
         assert drop["detail"] == "expression is not true: judge_score >= 2 AND source = 'test'"
     assert result.counts["rule:good_judge"] == 2
+
+
+def test_where_keeps_what_review_push_where_would_pick(tmp_path):
+    """`curate filter --where SQL`: the syntax of `review push --where`, one rule `rule:where`, checked first."""
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
+    df = records(*clean_rows()[:3], extra={"review_outcome": ["accepted", "rejected", None]})
+    result = run(df, where="review_outcome <> 'rejected'")
+    assert result.kept["id"].to_list() == [df["id"][0]]  # NULL is not true, as in --rule
+    assert drop_of(result, df["id"][1])["reason"] == "rule:where"
+    path = tmp_path / "reviewed.parquet"
+    df.write_parquet(path)
+    out = tmp_path / "kept.parquet"
+    done = CliRunner().invoke(main, ["filter", str(path), "--where", "review_outcome = 'accepted'", "--min-tokens", "0",
+                                     "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    assert pl.read_parquet(out)["id"].to_list() == [df["id"][0]]
+    assert json.loads(Path(f"{out}.manifest.json").read_text())["parameters"]["where"] == "review_outcome = 'accepted'"
 
 
 def test_user_callable_rule(tmp_path, monkeypatch):

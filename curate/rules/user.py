@@ -108,10 +108,15 @@ class UserRules(Rule):
             help="Keep rows where FUNCTION(dataframe) is True (repeatable).", default_factory=list,
             flag="--rule-callable", multiple=True, metavar="NAME=MODULE:FUNCTION", parse=_callables)
         """More user rules, from the command line's --rule-callable; checked after `rules`."""
+        where: str | None = option(
+            None, "Keep rows where this polars SQL expression holds, as `review push --where` picks them, e.g. "
+            "\"review_outcome <> 'rejected'\" (dropped as rule:where).", metavar="SQL")
+        """One unnamed rule (reason `rule:where`), in the syntax of `review push --where`: checked first."""
 
     @property
     def all(self) -> list[UserRule]:
-        return [*self.config.rules, *self.config.rule_callables]
+        where = [UserRule("where", expr=self.config.where)] if self.config.where else []
+        return [*where, *self.config.rules, *self.config.rule_callables]
 
     def enabled(self) -> bool:
         return bool(self.all)
