@@ -60,3 +60,27 @@ def histograms(series: dict[str, Sequence[float]], xlabel: str, bins: int = 30) 
         ax.legend()
     ax.spines[["top", "right"]].set_visible(False)
     return to_data_uri(fig)
+
+
+def stacked_bars(categories: Sequence[str], groups: dict[str, dict[str, Sequence[float]]], xlabel: str = "",
+                 ylabel: str = "rows") -> str:
+    """One group per category, one bar per group (e.g. all candidates / training set), each bar
+    stacked by part (e.g. real / synthetic): two populations compared, and what each is made of."""
+    parts = list(dict.fromkeys(p for stacks in groups.values() for p in stacks))
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(categories) * len(groups)), 3.4))
+    width = 0.8 / max(len(groups), 1)
+    hatches = ["", "//", "..", "xx"]
+    for g, (group, stacks) in enumerate(groups.items()):
+        positions = [i + g * width for i in range(len(categories))]
+        bottom = [0.0] * len(categories)
+        for p, part in enumerate(parts):
+            values = list(stacks.get(part, [0] * len(categories)))
+            ax.bar(positions, values, width, bottom=bottom, color=_PALETTE[p % len(_PALETTE)],
+                   hatch=hatches[g % len(hatches)], edgecolor="white", label=f"{group}: {part}")
+            bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(categories))], categories, rotation=30, ha="right")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
+    ax.spines[["top", "right"]].set_visible(False)
+    return to_data_uri(fig)

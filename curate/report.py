@@ -28,18 +28,25 @@ def build_report(dataset: str | Path, title: str | None = None) -> str:
     return page(title or f"Curation report: {Path(dataset).name}", body)
 
 
-def curation_sections(dataset: str | Path) -> list[str]:
-    """The report's sections (HTML) for `dataset`: funnel, drops, labels, lengths, scores, clusters."""
+def curation_sections(dataset: str | Path, before: str | Path | None = None,
+                      names: tuple[str, str] = ("before", "after")) -> list[str]:
+    """The report's sections (HTML) for `dataset`: funnel, drops, labels, lengths, scores, clusters.
+
+    Labels and lengths compare `before` (default: the oldest step's output) with `dataset`;
+    a caller that knows the population curation started from (a run's merged candidates,
+    real and synthetic) names it, so that both sides count the same kind of rows, and can
+    call the two sides by what they are (`names`).
+    """
     chain = steps(dataset)
     if not chain:
         raise InputError(dataset, "no manifest beside this dataset: it was not written by a curate command")
     final = read_records(dataset).records
-    first = read_records(chain[0].output).records
+    first = read_records(before if before is not None else chain[0].output).records
     sections = [
         _funnel(chain),
         _drops(chain),
-        _labels(first, final),
-        _lengths(first, final),
+        _labels(first, final, names),
+        _lengths(first, final, names),
         _scores(final),
         _clusters(chain),
     ]
@@ -124,33 +131,57 @@ def _drops(chain: list[Step]) -> str:
     return "<h2>Drops by reason</h2>" + img(chart, "drops by reason") + "".join(parts)
 
 
-def _labels(first: pl.DataFrame, final: pl.DataFrame) -> str:
+def _label_counts(df: pl.DataFrame) -> dict[tuple[object, str], int]:
+    """Rows per (label, origin), origin 'real' or 'synthetic' (rows `synth generate` made)."""
+    from curate.review.routing import is_synthetic
+
+    origin = pl.when(is_synthetic()).then(pl.lit("synthetic")).otherwise(pl.lit("real")).alias("origin")
+    return {(label, kind): n for label, kind, n in df.with_columns(origin).group_by("label", "origin").len().iter_rows()}
+
+
+def _labels(first: pl.DataFrame, final: pl.DataFrame, names: tuple[str, str] = ("before", "after")) -> str:
+    """Labels of the population curation started from and of the rows it kept, real and synthetic stacked."""
     if first["label"].null_count() == first.height:
         return ""
-    before = dict(first.group_by("label").len().iter_rows())
-    after = dict(final.group_by("label").len().iter_rows())
-    labels = sorted({k for k in before} | {k for k in after}, key=str)
-    chart = plots.bars([str(k) for k in labels], {"before": [before.get(k, 0) for k in labels],
-                                                  "after": [after.get(k, 0) for k in labels]}, xlabel="label")
-    rows = [[k, before.get(k, 0), after.get(k, 0)] for k in labels]
-    return "<h2>Labels before and after</h2>" + img(chart, "label distribution") + table(["label", "before", "after"], rows)
+    before, after = _label_counts(first), _label_counts(final)
+    labels = sorted({k for k, _ in before} | {k for k, _ in after}, key=str)
+    parts = [p for p in ("real", "synthetic") if any(k[1] == p for k in (*before, *after))]
+    groups = {name: {p: [counts.get((k, p), 0) for k in labels] for p in parts}
+              for name, counts in zip(names, (before, after))}
+    chart = plots.stacked_bars([str(k) for k in labels], groups, xlabel="label")
+    header = ["label", *(f"{name}: {p}" if len(parts) > 1 else name for name in groups for p in parts)]
+    rows = [[k, *(groups[name][p][i] for name in groups for p in parts)] for i, k in enumerate(labels)]
+    return "<h2>Labels before and after</h2>" + img(chart, "label distribution") + table(header, rows)
 
 
 def _length(df: pl.DataFrame) -> list[int]:
     return df.select(pl.col("messages").list.eval(pl.element().struct.field("content").str.len_chars()).list.sum()).to_series().to_list()
 
 
-def _lengths(first: pl.DataFrame, final: pl.DataFrame) -> str:
-    chart = plots.histograms({"before": _length(first), "after": _length(final)}, "characters per conversation")
+def _lengths(first: pl.DataFrame, final: pl.DataFrame, names: tuple[str, str] = ("before", "after")) -> str:
+    chart = plots.histograms({names[0]: _length(first), names[1]: _length(final)}, "characters per conversation")
     return "<h2>Lengths</h2>" + img(chart, "length histogram")
 
 
+def _is_rank(values: pl.Series) -> bool:
+    """A rank or row index: distinct integers without gaps, whose histogram is flat by construction."""
+    return values.dtype.is_integer() and values.n_unique() == values.len() and int(values.max()) - int(values.min()) + 1 == values.len()
+
+
 def _scores(final: pl.DataFrame) -> str:
+    """A histogram per score column that varies; a constant or a rank (`select_rank`) says nothing as a chart."""
     numeric = [c for c, t in final.schema.items() if c not in CORE_COLUMNS and t.is_numeric() and final[c].null_count() < final.height]
-    if not numeric:
+    charts, constant = [], []
+    for c in numeric:
+        values = final[c].drop_nulls()
+        if values.n_unique() == 1:
+            constant.append(f"{c} = {values[0]}")
+        elif not (c.endswith("_rank") or _is_rank(values)):
+            charts.append(f"<h3>{html.escape(c)}</h3>" + img(plots.histograms({c: values.to_list()}, c), c))
+    if not charts and not constant:
         return ""
-    parts = [f"<h3>{html.escape(c)}</h3>" + img(plots.histograms({c: final[c].drop_nulls().to_list()}, c), c) for c in numeric]
-    return "<h2>Scores and measures (kept rows)</h2>" + "".join(parts)
+    same = f"<p>The same in every kept row: {html.escape(', '.join(constant))}.</p>" if constant else ""
+    return "<h2>Scores and measures (kept rows)</h2>" + same + "".join(charts)
 
 
 def _clusters(chain: list[Step]) -> str:

@@ -26,15 +26,16 @@ def write_run_report(ctx, output: Path) -> Path:
     by_name = {s.name: s for s in ctx.stages}
     evaluation = _json(run_dir / "eval" / "eval.json")
     sections = [
-        _objective(recipe, evaluation),
+        _objective(recipe, evaluation, _training_set(by_name), _audit(by_name)),
         _curve(run_dir),
         _ablations(recipe, evaluation),
         _stages(ctx),
         _sources(run_dir, by_name),
     ]
-    curated = by_name["review"].output if "review" in by_name else _last_curated(ctx)
-    if curated is not None and curated.exists():
-        sections += curation_sections(curated)
+    curated, candidates = _training_set(by_name), by_name["merge"].output if "merge" in by_name else None
+    if curated is not None and curated.exists():  # labels and lengths: every candidate row against the training set
+        sections += curation_sections(curated, before=candidates if candidates and candidates.exists() else None,
+                                      names=("all candidates", "training set"))
     sections += [_review(run_dir), _training(run_dir), _evaluation(run_dir, evaluation)]
     body = "\n".join(s for s in sections if s)
     write_text(output, page(f"Run report: {recipe.name}", body))
@@ -45,10 +46,16 @@ def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def _last_curated(ctx) -> Path | None:
-    names = [s.name for s in ctx.stages]
-    cut = names.index("train") if "train" in names else len(names)
-    return ctx.stages[cut - 1].output if cut else None
+def _training_set(by_name: dict) -> Path | None:
+    """What `train lora` reads: the reviewed rows, else the last curation step's output."""
+    train = by_name.get("train")
+    return train.inputs[0] if train is not None and train.inputs else None
+
+
+def _audit(by_name: dict) -> dict[str, Any] | None:
+    """`curate audit --json` of the training set against the real rows (the audit stage, when the recipe synthesizes)."""
+    stage = by_name.get("audit")
+    return _json(stage.output) if stage is not None else None
 
 
 def _png(path: Path) -> str:
@@ -69,7 +76,52 @@ def _verdict(evaluation: dict[str, Any] | None) -> tuple[str, str]:
     return ("pass" if verdict.get("passed") else "fail"), text
 
 
-def _objective(recipe, evaluation: dict[str, Any] | None) -> str:
+def _synthetic_share(training_set: Path | None) -> tuple[int, int] | None:
+    """(synthetic rows, all rows) of the training set, or None before it exists."""
+    if training_set is None or not training_set.exists():
+        return None
+    from curate.review.routing import is_synthetic
+
+    df = read_records(training_set).records
+    return int(df.select(is_synthetic().sum()).item() or 0), df.height
+
+
+_COLOURS = {"pass": "#2a7d2a", "fail": "#b22222"}
+
+
+def _audit_verdict(audit: dict[str, Any] | None, key: str) -> tuple[str, str]:
+    """('pass' | 'fail' | 'not run' | 'pending', why) of one of `curate audit`'s verdicts (`fidelity`, `privacy`)."""
+    if audit is None:
+        return "pending", "not audited yet"
+    part = audit.get(key) or {}
+    return str(part.get("verdict", "not run")), "; ".join(map(str, part.get("reasons") or []))
+
+
+def _facts(recipe, training_set: Path | None, audit: dict[str, Any] | None) -> str:
+    """Beside the verdict: how much of the training set is synthetic, and whether those rows are faithful and safe."""
+    share = _synthetic_share(training_set)
+    if share is None:
+        line = "not built yet"
+    else:
+        synthetic, total = share
+        pct = f"{synthetic / total:.1%}" if total else "-"
+        line = f"{total} rows, {synthetic} synthetic ({pct}), {total - synthetic} real"
+    items = [f'<li id="synthetic-share"><b>Training set:</b> {html.escape(line)}</li>']
+    if recipe.data.synth:
+        for key, title in (("fidelity", "Synthetic fidelity"), ("privacy", "Privacy")):
+            status, why = _audit_verdict(audit, key)
+            if audit is not None and not recipe.data.real:
+                why = "the recipe has no real rows to compare the synthetic ones with"
+            colour = _COLOURS.get(status, "#777")
+            items.append(f'<li id="{key}-verdict"><b>{title}:</b> <span style="color:{colour}"><b>{html.escape(status.upper())}</b>'
+                         f"</span>{' ' + html.escape(why) if why else ''}</li>")
+    if audit is not None:
+        items.append('<li>The audit in full: <a href="audit/audit.html">audit/audit.html</a></li>')
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def _objective(recipe, evaluation: dict[str, Any] | None, training_set: Path | None = None,
+               audit: dict[str, Any] | None = None) -> str:
     obj = recipe.objective
     target = (f"{obj.metric} at least {obj.target.value:g} points above {obj.target.over.replace('_', '-')}"
               if obj.target.over else f"{obj.metric} at least {obj.target.value:g}")
@@ -79,7 +131,7 @@ def _objective(recipe, evaluation: dict[str, Any] | None) -> str:
     return (f"<h2>Objective and verdict</h2>{desc}"
             f"<p><b>Task:</b> {html.escape(obj.task)}. <b>Target:</b> {html.escape(target)}.</p>"
             f'<p id="verdict" style="font-size:1.4em;color:{colour}"><b>Verdict: {status.upper()}</b> '
-            f"{html.escape(summary)}</p>")
+            f"{html.escape(summary)}</p>" + _facts(recipe, training_set, audit))
 
 
 def _curve(run_dir: Path) -> str:
@@ -182,12 +234,7 @@ def _sources(run_dir: Path, by_name: dict) -> str:
                        f"{'. ' + html.escape(found) if params.get('privacy_guard') else ''}.</p>")
     section = "<h2>Real and synthetic examples</h2>" + table(
         ["source", "rows", "unparsable", "dropped by the privacy guard"], rows) + section
-    review = by_name.get("review")
-    if review is not None and review.output.exists():
-        df = read_records(review.output).records
-        synthetic = int(df["source"].str.starts_with("synth:").sum())
-        section += f"<p>Training set after review: {df.height} rows, {synthetic} synthetic, {df.height - synthetic} real.</p>"
-    return section
+    return section  # the training set's synthetic share stands beside the verdict
 
 
 def _stage_manifest(output: Path) -> dict[str, Any]:

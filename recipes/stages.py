@@ -191,6 +191,9 @@ def _pipeline(recipe: Recipe, run_dir: Path, *, main: bool = True, main_curve: P
         }, what="people review the routed rows in Argilla", kind="review"))
         current = out
 
+    if main and recipe.data.synth:
+        stages.append(_audit_stage(run_dir, current, parts[0] if recipe.data.real else None, args))
+
     adapter_dir = run_dir / "train"
     stages.append(Stage("train", adapter_dir, [current],
                         [[_exe("train"), "lora", str(current), "-o", str(adapter_dir),
@@ -199,6 +202,18 @@ def _pipeline(recipe: Recipe, run_dir: Path, *, main: bool = True, main_curve: P
     if curve is not None and main and not any(s.name == "curve" for s in stages):
         stages.append(_curve_stage(recipe, run_dir, current, pool))
     return stages, pool
+
+
+def _audit_stage(run_dir: Path, data: Path, real: Path | None, args) -> Stage:
+    """`curate audit` of the training set, its synthetic rows against the real ones (fidelity, privacy),
+    before anything trains on it; the run report puts its verdicts beside the objective's.
+    A recipe without real rows gets the audit without them (its verdicts read "not run")."""
+    out = run_dir / "audit"
+    against = ["--against", str(real)] if real is not None else []
+    cmd = [_exe("curate"), "audit", str(data), *against, "--json", str(out / "audit.json"), "-o", str(out / "audit.html"),
+           *args("curate audit", {}, "audit")]
+    return Stage("audit", out / "audit.json", [data, *([real] if real is not None else [])], [cmd],
+                 what="audit the training set: balance, coverage, bias; synthetic fidelity and privacy")
 
 
 def _args(cmds: dict[str, click.Command], path: Path, command: str, options: dict, where: str,

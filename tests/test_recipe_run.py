@@ -236,6 +236,9 @@ def test_evaluation_scores_three_systems_and_the_report_shows_the_verdict(run):
     verdict = verdict[: verdict.index("</p>")]
     assert ("PASS" if passed else "FAIL") in verdict
     assert "accuracy" in verdict
+    beside = dom[dom.index('id="synthetic-share"'):]
+    assert "15 rows, 3 synthetic (20.0%)" in beside[:200]  # 12 real and 4 generated, 1 rejected in review
+    assert 'id="fidelity-verdict"' in beside and 'id="privacy-verdict"' in beside  # the audit stage's verdicts
     for section in ("Review", "Evaluation"):
         assert section in dom
 

@@ -42,6 +42,7 @@ def test_bundled_recipes_are_valid_and_plan_every_stage(path, tmp_path):
     assert names[names.index("train") + 1: -2] == [n for n in names if ":" in n]  # ablation variants after training
     assert all(v in names for v in variants)
     assert ("synth" in names) == (recipe.data.synth is not None)
+    assert ("audit" in names) == (recipe.data.synth is not None)  # synthetic rows are audited before training
     assert ("review" in names) == (recipe.review is not None)
     decon = next(s for s in stages if s.name == "decontaminate")
     assert str(recipe.resolve(recipe.data.test)) in decon.commands[0]  # always against the held-out set

@@ -91,3 +91,22 @@ def paired_difference(task: str, metric: str, gold: Sequence[str], predicted: Se
     lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
     return {"value": float(value), "low": float(lo), "high": float(hi), "level": level,
             "significant": bool(lo > 0 or hi < 0)}
+
+
+def unpaired_difference(task: str, metric: str, gold: Sequence[str], predicted: Sequence[str | None],
+                        gold_then: Sequence[str], predicted_then: Sequence[str | None], labels: Sequence[str] = (), *,
+                        seeds: tuple[int, int] = (0, 1), level: float = DEFAULT_LEVEL) -> dict[str, Any]:
+    """metric on one test set - metric on another (different rows): each resampled on its own, then subtracted.
+
+    For a model scored on an old and a new test set (eval over time); `significant` as in `paired_difference`.
+    """
+    f = _per_row_metric(task, metric, gold, predicted, labels)
+    g = _per_row_metric(task, metric, gold_then, predicted_then, labels)
+    value = f(np.arange(len(gold))) - g(np.arange(len(gold_then)))
+    if not len(gold) or not len(gold_then):
+        return {"value": float(value), "low": float(value), "high": float(value), "level": level, "significant": False}
+    draws = zip(resample_indices(len(gold), seed=seeds[0]), resample_indices(len(gold_then), seed=seeds[1]))
+    stats = np.array([f(a) - g(b) for a, b in draws])
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"value": float(value), "low": float(lo), "high": float(hi), "level": level,
+            "significant": bool(lo > 0 or hi < 0)}

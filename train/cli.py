@@ -18,6 +18,7 @@ from curate.console import SmallsetGroup, console
 from curate.errors import InputError
 from curate.layouts import LAYOUTS
 from train.config import MAX_EPOCHS, LoraTrainConfig
+from train.cost import DEFAULT_LATENCY_ROWS
 from train.curve import DEFAULT_SIZES, DEFAULT_TOLERANCE
 
 _D = LoraTrainConfig()  # the defaults that --help shows
@@ -148,8 +149,10 @@ def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None
 
 @main.command("eval", context_settings={"show_default": True})
 @click.argument("adapter", type=click.Path(path_type=Path))
-@click.option("--test", "test", required=True, type=click.Path(path_type=Path), help="Held-out test set: any file `curate ingest` reads.")
-@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None, callback=_output_folder, help="Output folder (eval.json, predictions.parquet, confusion.png).  [default: eval/ beside the adapter]")
+@click.option("--test", "test", required=True, multiple=True, metavar="[NAME=]PATH",
+              help="Held-out test set: any file `curate ingest` reads. Repeat for eval over time (named by file stem or "
+                   "NAME=PATH): every contender answers each, the first is the one the verdict is about.")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None, callback=_output_folder, help="Output folder (eval.json, predictions.parquet, confusion.png, slices.png, counterfactual.parquet).  [default: eval/ beside the adapter]")
 @click.option("--model", default=None, help="Base model; must be the one the adapter was trained on.  [default: the one the adapter records]")
 @click.option("--shots-from", type=click.Path(path_type=Path), default=None, help="The pool the k-shot rows are drawn from (one pool for every adapter compared).  [default: the adapter's training split]")
 @click.option("--compare", "compare", multiple=True, metavar="NAME=DIR", help="Another adapter of the same base to score beside ADAPTER in the same engine (repeatable).")
@@ -158,15 +161,25 @@ def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None
 @click.option("--judge", is_flag=True, help="Free text: also a win rate against the base model, judged by the base model.")
 @click.option("--metric", default=None, help="Objective metric for the verdict, e.g. accuracy, macro_f1, exact_match, token_f1, rouge_l.")
 @click.option("--target", default=None, help="Objective target: a threshold (0.85, 85%) or points over k-shot or base (+30, kshot+30, base+5).")
+@click.option("--slice-by", "slice_by", multiple=True, metavar="FIELD",
+              help="Score every contender per slice of the test rows (repeatable): source, label, length (word-count "
+                   "buckets), a meta key (dotted for nested) or a synth axis; worst slice, gap, slices.png.")
+@click.option("--counterfactual/--no-counterfactual", default=True,
+              help="Classification: ask again with identity terms swapped (he/she, young/old, Christian/Muslim...) "
+                   "and count how often each contender's answer flips.")
+@click.option("--terms", type=click.Path(path_type=Path), default=None,
+              help="YAML file of identity-term pairs by group for the counterfactual check.  [default: curate.identity_terms]")
+@click.option("--latency-rows", type=int, default=DEFAULT_LATENCY_ROWS,
+              help="Test rows each contender also answers one request at a time, timed, for the latency per answer; 0: batch timing only.")
 @click.option("--layout", type=click.Choice(list(LAYOUTS)), help="Layout of the test file; detected from the column names when omitted.")
 @click.option("--map", "pairs", multiple=True, metavar="FIELD=COLUMN", help="Which test-file column plays a layout field (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--engine", metavar="NAME", help="The engine with LoRA that answers: vllm (one in this process) or ray "
               "(vLLM replicas as Ray actors, e.g. --engine-option replicas=2).  [default: vllm]")
 @click.option("--engine-option", multiple=True, metavar="KEY=VALUE", help="Any field of the engine's config (repeatable).")
-def eval_(adapter: Path, test: Path, output: Path | None, shots_from: Path | None, labels: str | None, layout: str | None,
+def eval_(adapter: Path, test: tuple[str, ...], output: Path | None, shots_from: Path | None, labels: str | None, layout: str | None,
           pairs: tuple[str, ...], compare: tuple[str, ...], quiet: bool, engine: str | None, engine_option: tuple[str, ...],
-          **options) -> None:
+          slice_by: tuple[str, ...], counterfactual: bool, terms: Path | None, latency_rows: int, **options) -> None:
     """Score ADAPTER against its base model zero-shot and with a k-shot prompt, on a held-out TEST set.
 
     One vLLM engine with LoRA answers every test row three times (greedy decoding, the
@@ -174,23 +187,39 @@ def eval_(adapter: Path, test: Path, output: Path | None, shots_from: Path | Non
     accuracy, macro-F1 and a confusion matrix for classification; exact match and token F1
     for short answers; ROUGE-L (and with --judge a win rate) for free text. Every figure
     has a 95% bootstrap interval; --compare adapters get a paired one against ADAPTER.
+    Every contender's tokens and latency per answer are measured, and k-shot's cost over
+    the adapter's is printed under the verdict.
 
     \b
     Examples:
       train eval runs/lora --test recipes/examples/support_tickets_test.jsonl --metric accuracy --target +30
       train eval runs/full --test test.jsonl --shots-from pool.parquet --compare no-select=runs/no-select
+      train eval runs/lora --test test.jsonl --slice-by source --slice-by length --terms my_terms.yaml
+      train eval runs/lora --test june=test_june.jsonl --test december=test_december.jsonl
     """
     from curate.engine_cli import EngineChoice
     from curate.layouts import Mapping
     from train.evaluate import EvalConfig, evaluate
-    from train.report import results_table
+    from train.report import counterfactual_line, cost_table, over_time_table, results_table, slices_tables
 
-    config = EvalConfig(labels=_labels(labels), **options)
+    config = EvalConfig(labels=_labels(labels), slice_by=list(slice_by), counterfactual=counterfactual,
+                        terms=None if terms is None else str(terms), latency_rows=latency_rows, **options)
     choice = EngineChoice.from_cli(engine, None, None, engine_option)
-    result = evaluate(adapter, test, output, config, shots_from=shots_from, mapping=Mapping.parse(layout, pairs),
+    result = evaluate(adapter, _test_sets(test), output, config, shots_from=shots_from, mapping=Mapping.parse(layout, pairs),
                       progress=not quiet, compare=_named_paths(compare, "--compare"), engine_choice=choice)
-    Console().print(results_table(result.report))
-    console.print(f"eval: {result.eval_json}  predictions: {result.predictions}" + (f"  confusion: {result.confusion_png}" if result.confusion_png else ""))
+    out = Console()
+    out.print(results_table(result.report))
+    if cost := result.report["cost"].get("text"):
+        out.print(cost, highlight=False)  # under the verdict: what the accuracy costs per answer
+    out.print(cost_table(result.report))
+    for table in [*slices_tables(result.report), over_time_table(result.report)]:
+        if table is not None:
+            out.print(table)
+    if line := counterfactual_line(result.report):
+        out.print(line, highlight=False)
+    console.print(f"eval: {result.eval_json}  predictions: {result.predictions}"
+                  + (f"  confusion: {result.confusion_png}" if result.confusion_png else "")
+                  + (f"  slices: {result.slices_png}" if result.slices_png else ""))
 
 
 def _command_line(ctx: click.Context) -> list[str]:
@@ -221,6 +250,23 @@ def _interrupted(data: Path, output: Path):
 
 def _labels(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _test_sets(values: tuple[str, ...]) -> dict[str, Path]:
+    """--test values by name: NAME=PATH, or a path named by its stem (a path that exists is never split at '=')."""
+    out: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or Path(value).exists():
+            name, path = Path(value).stem, value
+        name, path = name.strip(), path.strip()
+        if not name or not path or not all(c.isalnum() or c in "-_." for c in name):
+            raise click.BadParameter(f"{value!r}: expected PATH or NAME=PATH, the name of letters, digits, '-', '_', '.'",
+                                     param_hint="--test")
+        if name in out:
+            raise click.BadParameter(f"two test sets are named {name!r}; name them with NAME=PATH", param_hint="--test")
+        out[name] = Path(path)
+    return out
 
 
 def _named_paths(pairs: tuple[str, ...], flag: str) -> dict[str, Path]:

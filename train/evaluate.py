@@ -38,11 +38,15 @@ import polars as pl
 
 from curate.atomic import atomic_path, write_text
 from curate.console import console
+from curate.errors import InputError
 from curate.layouts import Mapping
 from curate.manifest import Manifest, content_hash, manifest_path
 from curate.models import ResolvedModel, resolve_llm
 from train import metrics as M
+from curate.identity_terms import TermSet, load_terms
 from train.adapter_base import base_spec
+from train.cost import DEFAULT_LATENCY_ROWS, measure_latency
+from train.counterfactual import Swap, swaps
 from train.errors import TrainError
 from train.merge import adapter_folder
 from train.objective import Objective
@@ -85,6 +89,14 @@ class EvalConfig:
     metric: str | None = None
     target: str | None = None
     """The objective, e.g. metric 'accuracy' and target '+30' (points over k-shot) or '0.8'."""
+    slice_by: list[str] = field(default_factory=list)
+    """Fields to score every contender per slice of (`train.slices`): source, label, length, a meta key, a synth axis."""
+    counterfactual: bool = True
+    """Classification: ask again with identity terms swapped and count changed answers (`train.counterfactual`)."""
+    terms: str | None = None
+    """The identity-term file for the counterfactual check; None = `curate.identity_terms`' default set."""
+    latency_rows: int = DEFAULT_LATENCY_ROWS
+    """Test rows each contender answers one request at a time, timed (`train.cost`); 0 = batch timing only."""
 
     def objective(self) -> Objective | None:
         if (self.metric is None) != (self.target is None):
@@ -99,6 +111,7 @@ class EvalResult:
     predictions: Path
     confusion_png: Path | None
     report: dict[str, Any] = field(default_factory=dict)
+    slices_png: Path | None = None
 
 
 @dataclass
@@ -121,17 +134,27 @@ class Plan:
     """Every adapter answered, by contender name: "adapter" first, then the compared ones."""
     near_copies: list[str] = field(default_factory=list)
     """Ids of test rows with a near-copy (n-gram or MinHash) in the main adapter's training data."""
+    slices: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    """--slice-by field -> (each test row's slice, the slices in order)."""
+    swaps: list[Swap] = field(default_factory=list)
+    """Test rows with identity terms, swapped, for the counterfactual check."""
+    swapped_conversations: dict[str, list[list[dict]]] = field(default_factory=dict)
+    terms: TermSet | None = None
+    """The identity terms swapped; None when there is no counterfactual check."""
 
     @property
     def contenders(self) -> list[str]:
         return list(self.conversations)
 
 
-def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | None = None, config: EvalConfig | None = None,
-             *, shots_from: str | Path | None = None, mapping: Mapping | None = None, progress: bool = True,
-             compare: dict[str, str | Path] | None = None, engine_choice: EngineChoice | None = None) -> EvalResult:
+def evaluate(adapter: str | Path, test: str | Path | dict[str, str | Path], output_dir: str | Path | None = None,
+             config: EvalConfig | None = None, *, shots_from: str | Path | None = None, mapping: Mapping | None = None,
+             progress: bool = True, compare: dict[str, str | Path] | None = None,
+             engine_choice: EngineChoice | None = None) -> EvalResult:
     """Score base zero-shot, base k-shot and the adapter on `test`; write eval.json, predictions, plots, manifest.
 
+    `test` is one file, or several by name ({"2026-06": old, "2026-12": new}): every contender answers
+    each; the first is the one the verdict is about, the others join an "over time" table.
     `compare` names further adapters of the same base model, answered by the same engine. `engine_choice` picks
     another engine with LoRA (`--engine ray`: replicas on Ray); the default is one in-process vLLM engine.
     """
@@ -140,22 +163,31 @@ def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | Non
 
     config = config or EvalConfig()
     objective = config.objective()
+    tests = test_sets(test)
+    first, test = next(iter(tests.items()))
     manifest = Manifest(command="train eval", parameters={**asdict(config), "compare": {k: str(v) for k, v in (compare or {}).items()}})
     plan = make_plan(adapter, test, config, shots_from, mapping, manifest, compare=compare)
+    later = {name: make_plan(adapter, path, config, shots_from, mapping, Manifest(command="train eval"), compare=compare,
+                             main=False) for name, path in list(tests.items())[1:]}
+    for path in list(tests.values())[1:]:
+        manifest.add_input(path)
     if objective is not None:
         objective.check_metric(available_metrics(plan.task, config.judge))
+    if config.latency_rows < 0:
+        raise TrainError(f"--latency-rows must be 0 or more, got {config.latency_rows}")
     output_dir = Path(output_dir) if output_dir else plan.adapter_dir.parent / "eval"
-    if plan.overlap:
-        console.print(f"[yellow]warning:[/] {plan.overlap} test rows also occur in the training data: the test set is not held out")
-    if len(plan.near_copies) > plan.overlap:
-        console.print(f"[yellow]warning:[/] {len(plan.near_copies)} of {len(plan.test)} test rows have a near-copy in the "
-                      "training data (n-gram or MinHash overlap, as `curate decontaminate` measures): their scores "
-                      "flatter the adapter; decontaminate the training set against the test set")
+    for name, each in {first: plan, **later}.items():
+        where = "" if not later else f" of {name}"
+        if each.overlap:
+            console.print(f"[yellow]warning:[/] {each.overlap} test rows{where} also occur in the training data: the test set is not held out")
+        if len(each.near_copies) > each.overlap:
+            console.print(f"[yellow]warning:[/] {len(each.near_copies)} of {len(each.test)} test rows{where} have a near-copy in the "
+                          "training data (n-gram or MinHash overlap, as `curate decontaminate` measures): their scores "
+                          "flatter the adapter; decontaminate the training set against the test set")
 
     greedy = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=plan.max_tokens, seed=0)
     choices = plan.labels if plan.task == M.CLASSIFICATION and config.constrain else None
     loras = {name: (name, k, str(folder)) for k, (name, folder) in enumerate(plan.adapters.items(), start=1)}
-    generations: dict[str, list] = {}
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     engine_choice = engine_choice or EngineChoice("vllm")
@@ -163,30 +195,58 @@ def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | Non
                             max_lora_rank=plan.rank) as engine:
         manifest.parameters["engine"] = engine_choice.describe(engine)
         seconds["engine_start"] = _lap(clock)
-        for name in plan.contenders:
-            console.print(f"answering {len(plan.test)} test rows: {name}")
-            clock = time.perf_counter()
-            generations[name] = engine.chat(plan.conversations[name], greedy, choices=choices,
-                                            lora=loras.get(name), progress=progress)
-            seconds[name] = _lap(clock)
+
+        def answer(each: Plan, conversations: dict[str, list], what: str) -> tuple[dict[str, list], dict[str, float]]:
+            generations, taken = {}, {}
+            for name in each.contenders:
+                console.print(f"answering {len(conversations[name])} {what}: {name}")
+                clock = time.perf_counter()
+                generations[name] = engine.chat(conversations[name], greedy, choices=choices, lora=loras.get(name),
+                                                progress=progress)
+                taken[name] = _lap(clock)
+            return generations, taken
+
+        generations, taken = answer(plan, plan.conversations, "test rows")
+        seconds.update(taken)
         clock = time.perf_counter()
         judged = judge_against_base(engine, plan, generations) if config.judge and plan.task == M.FREE else {}
         if judged:
             seconds["judge"] = _lap(clock)
         usage = dict(engine.usage)
+        answered = {first: (generations, taken, judged)}
+        for name, each in later.items():
+            gens, taken = answer(each, each.conversations, f"test rows of {name}")
+            judged_later = judge_against_base(engine, each, gens) if config.judge and each.task == M.FREE else {}
+            answered[name] = (gens, taken, judged_later)
+        swapped = {}
+        for name, each in {first: plan, **later}.items():
+            if each.swaps:
+                swapped[name], _ = answer(each, each.swapped_conversations, "rows with identity terms swapped")
+        clock = time.perf_counter()
+        latency = measure_latency(engine, plan.conversations, greedy, choices, loras, config.latency_rows)
+        if config.latency_rows:
+            seconds["latency"] = _lap(clock)
+        usage_total = dict(engine.usage)
 
-    mismatched = rendering_mismatches(plan, generations)
+    primary = objective.metric if objective else available_metrics(plan.task, False)[0]
+    sections, tables, flips = {}, {}, {}
+    for name, each in {first: plan, **later}.items():
+        gens, taken, judged_here = answered[name]
+        tables[name], flips[name], sections[name] = score_test_set(each, gens, judged_here, taken, swapped.get(name),
+                                                      latency if name == first else {}, primary)
+    predictions, section = tables[first], sections[first]
+    mismatched = sum(rendering_mismatches(each, answered[name][0]) for name, each in {first: plan, **later}.items())
     if mismatched:
         console.print(f"[yellow]warning:[/] {mismatched} prompts were tokenized differently from training's rendering")
-    predictions = predictions_table(plan, generations, judged)
-    results = {name: contender_metrics(plan, predictions.filter(pl.col("contender") == name)) for name in plan.contenders}
-    intervals, differences = uncertainty(plan, predictions, available_metrics(plan.task, False))
+    results, intervals, differences = section["results"], section["intervals"], section["differences"]
     verdict = objective.verdict(results) if objective else None
     if verdict is not None:
         verdict["interval"] = intervals["adapter"].get(objective.metric)
         reference = objective.target.reference
         if reference is not None:
             verdict["margin_interval"] = differences.get(f"adapter-{reference}", {}).get(objective.metric)
+        if "text" in section["cost"]:
+            verdict["cost"] = section["cost"]["text"]
 
     report = {
         "adapter": str(plan.adapter_dir), "model": str(plan.resolved.path), "test": str(test), "task": plan.task,
@@ -198,35 +258,123 @@ def evaluate(adapter: str | Path, test: str | Path, output_dir: str | Path | Non
         "rendering_mismatches": mismatched, "adapters": {k: str(v) for k, v in plan.adapters.items()},
         "results": results, "intervals": intervals, "differences": differences,
         "objective": verdict, "usage": usage, "seconds": seconds,
+        **{key: section[key] for key in ("slices", "counterfactual", "cost") if key in section},
+        "usage_total": usage_total,
     }
+    if later:
+        report["test_sets"] = {name: {"test": str(tests[name]), "rows": len(each.test),
+                                      "test_rows_in_training": each.overlap,
+                                      "test_rows_near_training": len(each.near_copies), **sections[name]}
+                               for name, each in {first: plan, **later}.items()}
+        report["over_time"] = over_time(plan.task, primary, {first: plan, **later}, tables)
     output_dir.mkdir(parents=True, exist_ok=True)
     pred_path = output_dir / "predictions.parquet"
     with atomic_path(pred_path) as tmp:
         predictions.write_parquet(tmp)
-    png = None
-    if plan.task == M.CLASSIFICATION:
-        from train.report import plot_confusion
+    outputs: list[Path | None] = [pred_path]
+    for name in later:
+        path = output_dir / f"predictions.{name}.parquet"
+        with atomic_path(path) as tmp:
+            tables[name].write_parquet(tmp)
+        outputs.append(path)
+    for name, table in flips.items():
+        if table is not None and table.height:
+            path = output_dir / ("counterfactual.parquet" if name == first else f"counterfactual.{name}.parquet")
+            with atomic_path(path) as tmp:
+                table.write_parquet(tmp)
+            outputs.append(path)
+    png = slices_png = None
+    from train.report import plot_confusion, plot_slices
 
+    if plan.task == M.CLASSIFICATION:
         png = plot_confusion({n: results[n]["confusion"] for n in plan.contenders}, output_dir / "confusion.png")
+    if section.get("slices"):
+        slices_png = plot_slices(section["slices"], output_dir / "slices.png")
     eval_json = output_dir / "eval.json"
     write_text(eval_json, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    manifest.parameters.update(task=plan.task, k=len(plan.shots), max_tokens=plan.max_tokens, system=plan.system)
+    manifest.parameters.update(task=plan.task, k=len(plan.shots), max_tokens=plan.max_tokens, system=plan.system,
+                               tests={name: str(path) for name, path in tests.items()})
     manifest.counts.update(test_rows=len(plan.test), answers=sum(len(g) for g in generations.values()),
                            test_rows_in_training=plan.overlap, test_rows_near_training=len(plan.near_copies),
-                           rendering_mismatches=mismatched)
-    for out in (eval_json, pred_path, png):
+                           rendering_mismatches=mismatched, requests=usage_total["requests"])
+    for out in (eval_json, *outputs, png, slices_png):
         if out is not None:
             manifest.add_output(out)
     manifest.write(eval_json)
-    return EvalResult(output_dir, eval_json, pred_path, png, report)
+    return EvalResult(output_dir, eval_json, pred_path, png, report, slices_png)
+
+
+def test_sets(test: str | Path | dict[str, str | Path]) -> dict[str, Path]:
+    """The test sets by name: one file (named by its stem), or a mapping of names to files, the first the main one."""
+    if isinstance(test, dict):
+        if not test:
+            raise TrainError("no test set given")
+        return {str(name): Path(path) for name, path in test.items()}
+    return {Path(test).stem: Path(test)}
+
+
+def score_test_set(plan: Plan, generations: dict[str, list], judged: dict[str, list[float]], seconds: dict[str, float],
+                   swapped: dict[str, list] | None, latency: dict[str, list[float]],
+                   primary: str) -> tuple[pl.DataFrame, pl.DataFrame | None, dict]:
+    """One test set's predictions, its counterfactual rows (None without the check) and its figures: metrics,
+    intervals, slices, counterfactual flips, cost."""
+    from train.cost import answer_cost
+    from train.counterfactual import flip_report, flip_rows
+    from train.slices import slice_report
+
+    predictions = predictions_table(plan, generations, judged)
+    results = {name: contender_metrics(plan, predictions.filter(pl.col("contender") == name)) for name in plan.contenders}
+    metrics = available_metrics(plan.task, False)
+    intervals, differences = uncertainty(plan, predictions, metrics)
+    section: dict[str, Any] = {"results": results, "intervals": intervals, "differences": differences}
+    answers = {name: predictions.filter(pl.col("contender") == name).sort("row")["prediction"].to_list()
+               for name in plan.contenders}
+    gold_answers = [gold(e, plan.task) for e in plan.test]
+    if plan.slices:
+        section["slices"] = {name: slice_report(name, keys, order, plan.task, metrics, gold_answers, answers, primary,
+                                                seed=plan_seed(plan))
+                             for name, (keys, order) in plan.slices.items()}
+    flips = None
+    if plan.terms is not None:
+        parsed = {name: [M.parse_label(g.text.strip(), plan.labels) for g in gens] for name, gens in (swapped or {}).items()}
+        flips = flip_rows(plan.swaps, answers, parsed, [e.id for e in plan.test])
+        section["counterfactual"] = flip_report(flips, plan.swaps, plan.terms, seed=plan_seed(plan))
+    section["cost"] = answer_cost(predictions, seconds, latency)
+    return predictions, flips, section
+
+
+def over_time(task: str, metric: str, plans: dict[str, Plan], tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
+    """The objective's metric on each test set for every contender, and each set's change from the first (unpaired)."""
+    from train import bootstrap
+
+    first = next(iter(plans))
+    rows = []
+    for name, each in plans.items():
+        table = tables[name]
+        row: dict[str, Any] = {"test": name, "rows": len(each.test), "values": {}, "intervals": {}, "change": {}}
+        for contender in each.contenders:
+            here = table.filter(pl.col("contender") == contender).sort("row")
+            row["intervals"][contender] = bootstrap.interval(task, metric, here["gold"].to_list(), here["prediction"].to_list(),
+                                                             each.labels, draws=bootstrap.resample_indices(here.height, seed=plan_seed(each)))
+            row["values"][contender] = row["intervals"][contender]["value"]
+            if name != first:
+                then = tables[first].filter(pl.col("contender") == contender).sort("row")
+                row["change"][contender] = bootstrap.unpaired_difference(
+                    task, metric, here["gold"].to_list(), here["prediction"].to_list(), then["gold"].to_list(),
+                    then["prediction"].to_list(), each.labels, seeds=(plan_seed(each), plan_seed(plans[first])))
+        rows.append(row)
+    return {"metric": metric, "first": first, "rows": rows}
 
 
 # -- planning (no engine) --------------------------------------------------------------------
 
 
 def make_plan(adapter: str | Path, test: str | Path, config: EvalConfig, shots_from: str | Path | None,
-              mapping: Mapping | None, manifest: Manifest, *, compare: dict[str, str | Path] | None = None) -> Plan:
+              mapping: Mapping | None, manifest: Manifest, *, compare: dict[str, str | Path] | None = None,
+              main: bool = True) -> Plan:
+    """Everything decided before the engine starts; `main` is False for the later test sets of eval over time."""
     from curate.readers import read_records
+    from train.slices import slice_keys
 
     adapter_dir = adapter_folder(adapter)
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
@@ -262,20 +410,42 @@ def make_plan(adapter: str | Path, test: str | Path, config: EvalConfig, shots_f
         if unknown:
             console.print(f"[yellow]warning:[/] test labels outside the label set count as errors: {', '.join(unknown)}")
     system = config.system if config.system is not None else shared_system(train_rows)
-    prompts = [with_system(e.prompt, system, override=config.system is not None) for e in test_rows]
     k = default_k(task, labels) if config.k is None else config.k
     if k < 0:
         raise TrainError(f"k must be 0 or more, got {k}")
     shots = pick_shots(train_rows, k, task, config.seed)
-    conversations = {"base": prompts, "kshot": [kshot_prompt(p, shots, system) for p in prompts]}
-    conversations.update({name: prompts for name in adapters})
+    conversations = contender_conversations([e.prompt for e in test_rows], system, config.system is not None, shots, adapters)
+    slices = {}
+    for name in config.slice_by:
+        try:
+            slices[name] = slice_keys(test_records, [_input(e) for e in test_rows], name, test)
+        except InputError:
+            if main:
+                raise  # a later test set without the field is just not sliced by it
+    terms = load_terms(config.terms) if task == M.CLASSIFICATION and config.counterfactual else None
+    swapped = swaps(test_rows, terms) if terms is not None else []
+    swapped_conversations = contender_conversations([s.prompt for s in swapped], system, config.system is not None,
+                                                    shots, adapters) if swapped else {}
     max_tokens = config.max_tokens or default_max_tokens(task, labels, resolved, config.constrain)
     check_lengths(resolved, conversations["kshot"], max_tokens, config.max_model_len)
     train_examples = train_rows if trained_on is None else examples_of(trained_on[0], "the training data")
     near = near_copies(test_records, trained_on[0]) if trained_on is not None else []
     return Plan(adapter_dir, lora_slot(max(ranks)), resolved, task, labels if task == M.CLASSIFICATION else [],
                 test_rows, shots, system, str(source), overlap(test_rows, train_examples), conversations, max_tokens,
-                adapters, near)
+                adapters, near, slices, swapped, swapped_conversations, terms)
+
+
+def contender_conversations(prompts: list[list[dict]], system: str | None, override: bool, shots: list[Example],
+                            adapters: dict[str, Path]) -> dict[str, list[list[dict]]]:
+    """What each contender is asked: the prompt with the shared system message, for k-shot after the shots."""
+    prompts = [with_system(p, system, override=override) for p in prompts]
+    conversations = {"base": prompts, "kshot": [kshot_prompt(p, shots, system) for p in prompts]}
+    conversations.update({name: prompts for name in adapters})
+    return conversations
+
+
+def _input(example: Example) -> str:
+    return next((m["content"] for m in reversed(example.prompt) if m["role"] == "user"), "")
 
 
 def check_base(recorded: str | None, model: str | None, adapter_dir: Path) -> ResolvedModel:
@@ -442,7 +612,7 @@ def predictions_table(plan: Plan, generations: dict[str, list], judged: dict[str
             prediction = M.parse_label(raw, plan.labels) if plan.task == M.CLASSIFICATION else raw
             row = {
                 "row": i, "id": example.id, "contender": name,
-                "prompt": next((m["content"] for m in reversed(example.prompt) if m["role"] == "user"), ""),
+                "prompt": _input(example),
                 "gold": expected, "raw": gen.text, "prediction": prediction,
                 "correct": prediction == expected if plan.task == M.CLASSIFICATION else M.exact_match(expected, prediction) == 1.0,
                 "token_f1": M.token_f1(expected, prediction), "rouge_l": None, "judge": None,
