@@ -10,6 +10,7 @@ path before the first stage starts.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,9 +211,10 @@ class Recipe(_Strict):
         return self.model_copy(update={"curate": steps})
 
     def resolve(self, relative: Path | str) -> Path:
-        """A path from the recipe, relative to the recipe file's folder."""
+        """A path from the recipe, relative to the recipe file's folder; absolute, so that a stage's key does not
+        depend on the folder the recipe was named from (`Stage.key` writes the recipe's folder as RECIPE)."""
         p = Path(relative).expanduser()
-        return p if p.is_absolute() else (self.path.parent / p)
+        return Path(os.path.abspath(p if p.is_absolute() else self.path.parent / p))
 
     @property
     def review_dataset(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,16 +42,26 @@ class Stage:
     kind: str = "command"
     """How the runner performs it: command (its commands), train (commands that resume), review,
     decisions (an ablation variant takes the main run's review decisions), report."""
+    recipe_dir: Path | None = None
+    """The recipe's folder (absolute), written as RECIPE in the key: the same recipe named by another path,
+    or from another folder, is the same stage."""
 
     @property
     def folder(self) -> Path:
         return self.output.parent if self.output.suffix else self.output
 
     def key(self, run_dir: Path) -> str:
-        """Hash of the commands (run folder written as RUN) and of every input's content."""
+        """Hash of the commands (run folder written as RUN, the recipe's folder as RECIPE) and of every input's
+        content."""
         h = hashlib.blake2b(digest_size=16)
-        spec = {"stage": self.name, "commands": self.commands, "params": self.params, "smallset": __version__}
-        h.update(json.dumps(spec, sort_keys=True, default=str).replace(str(run_dir), "RUN").encode())
+        spec = json.dumps({"stage": self.name, "commands": self.commands, "params": self.params, "smallset": __version__},
+                          sort_keys=True, default=str)
+        places = {os.path.abspath(run_dir): "RUN", str(run_dir): "RUN"}
+        if self.recipe_dir is not None:
+            places[str(self.recipe_dir)] = "RECIPE"
+        for place in sorted(places, key=len, reverse=True):  # the longer first: one folder may hold the other
+            spec = spec.replace(json.dumps(place)[1:-1], places[place])
+        h.update(spec.encode())
         for path in self.inputs:
             h.update(digest(path).encode())
         return h.hexdigest()
@@ -103,6 +114,8 @@ def plan(recipe: Recipe, run_dir: Path) -> list[Stage]:
     stages.append(_eval_stage(recipe, run_dir, train, pool, variants))
     stages.append(Stage("report", run_dir / "report.html", [s.output for s in stages],
                         params={"recipe": recipe.model_dump(mode="json")}, what="the run report", kind="report"))
+    for stage in stages:
+        stage.recipe_dir = recipe.resolve(".")
     return stages
 
 

@@ -117,6 +117,29 @@ def test_stage_keys_follow_the_content_of_inputs_and_the_options(tmp_path):
     assert keys["real"] != first["real"]
 
 
+def test_smallset_check_knows_a_finished_stage_whatever_path_names_the_recipe(tmp_path, monkeypatch):
+    """By content and run folder: the recipe named relatively, absolutely, or from another folder is one recipe."""
+    import re
+    import subprocess
+    import sys
+
+    smallset = str(Path(sys.executable).parent / "smallset")
+    path = write_recipe(tmp_path, base_recipe())
+    run = tmp_path / "run"
+    done = subprocess.run([smallset, "run", "recipe.yaml", "--run-dir", "run", "--until", "real"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for cwd, recipe, run_dir in ((tmp_path, "recipe.yaml", "run"), (elsewhere, str(path), str(run)),
+                                 (elsewhere, "../recipe.yaml", "../run")):
+        listed = subprocess.run([smallset, "check", recipe, "--run-dir", run_dir], cwd=cwd, capture_output=True,
+                                text=True)
+        assert listed.returncode == 0, listed.stderr
+        status = dict(re.findall(r"^\s*\d+\.\s+(\S+)\s+(done|to run)", listed.stdout + listed.stderr, flags=re.M))
+        assert status["real"] == "done" and status["merge"] == "to run", (cwd, recipe, listed.stdout)
+
+
 def test_a_review_server_that_cannot_start_is_a_clear_run_error(tmp_path):
     """The port is taken (another server, an old run's): the stage says so at once, with no traceback."""
     import socket
