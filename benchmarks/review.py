@@ -126,11 +126,11 @@ def main() -> None:
         try:
             conn = connect(workspace)
             start = time.perf_counter()
-            report = push(data, conn, PushOptions(vectors=args.vectors), progress=lambda m: None)
+            [report] = push(data, conn, PushOptions(vectors=args.vectors), progress=lambda m: None)
             push_s = time.perf_counter() - start
             rate = report.pushed / push_s
             again = time.perf_counter()
-            repeat_report = push(data, conn, PushOptions(vectors=False), progress=lambda m: None)
+            [repeat_report] = push(data, conn, PushOptions(vectors=False), progress=lambda m: None)
             again_s = time.perf_counter() - again
             assert repeat_report.pushed == 0 and repeat_report.already == args.rows
 

@@ -54,13 +54,19 @@ def parse_fields_or_auto(value: str | tuple[str, ...] | list[str] | None) -> tup
     return parse_fields(value)
 
 
+def classification_row() -> pl.Expr:
+    """Per row: it has a label and its reply, if any, is that label (a text + label row)."""
+    el = pl.element().struct
+    reply = pl.col("messages").list.eval(pl.when(el.field("role") == "assistant").then(el.field("content")).drop_nulls()).list.last()
+    same = reply.is_null() | (reply.str.strip_chars() == pl.col("label").str.strip_chars())
+    return (pl.col("label").is_not_null() & same).fill_null(False)
+
+
 def is_classification(df: pl.DataFrame) -> bool:
     """Every row has a label and its reply, if any, is that label (text + label data)."""
     if df.height == 0 or df["label"].null_count() == df.height or df["label"].null_count():
         return False
-    el = pl.element().struct
-    reply = pl.col("messages").list.eval(pl.when(el.field("role") == "assistant").then(el.field("content")).drop_nulls()).list.last()
-    return df.select((reply.is_null() | (reply.str.strip_chars() == pl.col("label").str.strip_chars())).all()).item()
+    return df.select(classification_row().all()).item()
 
 
 def task_fields(df: pl.DataFrame) -> tuple[str, ...]:

@@ -109,10 +109,12 @@ def _state(run_dir: Path) -> dict:
 def _answer_as_annotator(workspace: Path, dataset_name: str) -> dict[str, str]:
     """An annotator (created with the CLI) decides on every record in the Argilla web UI: all accepted but the first.
 
-    The decisions are made in headless Chromium, as a person makes them; the SDK only
-    reads back which record got which decision, for the tests to compare with the run.
+    The decisions are made in headless Chromium, as a person makes them: the tickets are
+    classification rows, so the label is preselected, Submit accepts and Discard rejects.
+    The SDK only reads back which record got which decision, for the tests to compare with the run.
     """
     from curate.review.client import connect
+    from curate.review.pull import fetch_records
 
     added = subprocess.run([str(CURATE), "review", "users", "add", "ann", "--workspace", str(workspace)],
                            capture_output=True, text=True, timeout=300)
@@ -127,18 +129,18 @@ def _answer_as_annotator(workspace: Path, dataset_name: str) -> dict[str, str]:
         page.wait_for_url("**/dataset/*/annotation-mode**")
         for i in range(pushed):
             page.get_by_text(f"{i + 1} of {pushed}").wait_for()
-            page.get_by_text("reject" if i == 0 else "accept", exact=True).first.click()
-            page.get_by_text("Submit", exact=True).click()
+            page.get_by_text("Discard" if i == 0 else "Submit", exact=True).click()
 
-    def submitted(record) -> list[str]:  # the UI saves drafts as you click: only submitted answers count
-        return [r.value for r in record.responses["decision"] if getattr(r.status, "value", r.status) == "submitted"]
+    def decided(record) -> list[str]:  # the UI saves drafts as you click: only submitted and discarded answers count
+        statuses = [getattr(r.status, "value", r.status) for r in record.responses or []]
+        return [{"submitted": "accept", "discarded": "reject"}[s] for s in statuses if s in ("submitted", "discarded")]
 
     decisions: dict[str, str] = {}
     deadline = time.monotonic() + 30
     while len(decisions) < pushed and time.monotonic() < deadline:  # the last submit may still be on its way
         time.sleep(0.5)
-        answers = {str(record.id): submitted(record) for record in dataset.records(with_responses=True)}
-        decisions = {rid: values[0] for rid, values in answers.items() if values}  # the SDK record id is the external id
+        answers = {ext: decided(record) for ext, record in fetch_records(conn, dataset).items()}
+        decisions = {ext: values[0] for ext, values in answers.items() if values}
     return decisions
 
 

@@ -204,7 +204,7 @@ def test_pushed_records_carry_fields_suggestions_metadata(review, answered):
     record = records_by_id(dataset)[f"tickets:{ids[0]}"]
     assert [m.role for m in record.fields["prompt"]] == ["system", "user"]
     assert record.fields["response"] == "Answer 0: look in your account page."
-    assert record.fields["given_label"] == "billing"
+    assert set(record.fields) == {"prompt", "response"}  # the label is the preselected answer, not a field too
     assert record.metadata == {"dataset": "tickets", "source": "synth:tickets", "origin": "synthetic",
                                "label": "billing", "judge_score": 1.0}
     suggestions = {s.question_name: (s.value, s.agent) for s in record.suggestions}
@@ -494,3 +494,84 @@ def test_wrong_key_unreachable_server_and_no_server_are_clear(review, tmp_path):
     unknown = review.curate("pull", review.root / "tickets.parquet", "-o", tmp_path / "o.parquet", "--name", "ghost",
                             ok=False)
     assert unknown.exit_code == 1 and "no dataset 'ghost'" in unknown.stderr and review.url in unknown.stderr
+
+
+# --------------------------------------------------------------------------- layouts by task
+
+
+def write_mixed(path: Path, chat_rows: bool = True) -> Path:
+    """Text + label rows with check-labels' columns (n 0-2) and, unless told not, chat rows without labels (n 3-4)."""
+    texts = [("My card was charged twice.", "billing", False, None, 0.9),
+             ("The app crashes on start.", "billing", True, "technical", 0.1),
+             ("I cannot log in.", "account", False, None, 0.8)]
+    rows = [{"messages": [{"role": "user", "content": t}, {"role": "assistant", "content": label}], "label": label,
+             "source": "tickets", "meta": json.dumps({"n": n}), "label_issue": issue, "label_suggested": suggested,
+             "label_quality": quality} for n, (t, label, issue, suggested, quality) in enumerate(texts)]
+    if chat_rows:
+        rows += [{"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": f"Hi {n}?"},
+                               {"role": "assistant", "content": f"Hello {n}."}], "label": None, "source": "synth:chat",
+                  "meta": json.dumps({"n": n}), "label_issue": None, "label_suggested": None, "label_quality": None}
+                 for n in (3, 4)]
+    schema = {**{k: v for k, v in CORE_SCHEMA.items() if k != "id"}, "label_issue": pl.Boolean,
+              "label_suggested": pl.String, "label_quality": pl.Float64}
+    df = with_ids(pl.DataFrame(rows, schema=schema).with_columns(pl.lit(None, dtype=pl.String).alias("id")))
+    write_records(order_columns(df), path)
+    return path
+
+
+def test_each_task_gets_its_layout_and_pull_maps_its_answers(review):
+    """Mixed data: one dataset per layout; classification answers the label, chat the decision and response."""
+    data = write_mixed(review.root / "mixed.parquet")
+    pushed = review.curate("push", data, "--no-vectors")
+    assert "created smallset/mixed-classification: 3 new records" in pushed.stderr
+    assert "created smallset/mixed-chat: 2 new records" in pushed.stderr
+    owner = review.owner()
+    cls = owner.datasets(name="mixed-classification", workspace="smallset")
+    chat = owner.datasets(name="mixed-chat", workspace="smallset")
+    assert [f.name for f in cls.settings.fields] == ["text"]
+    assert [(q.name, q.title) for q in cls.settings.questions] == [("corrected_label", "Label")]
+    assert list(cls.settings.questions["corrected_label"].labels) == ["account", "billing", "technical"]
+    assert [f.name for f in chat.settings.fields] == ["prompt", "response"]
+    assert [q.name for q in chat.settings.questions] == ["decision", "rating", "corrected_response"]  # no label
+    for dataset in (cls, chat):  # the guidelines name the questions as the UI does
+        guidelines = dataset.settings.guidelines
+        assert all(f"**{q.title}**" in guidelines for q in dataset.settings.questions)
+        assert "corrected_" not in guidelines and "**decision**" not in guidelines
+
+    ids = ids_of(data)
+    records = {**records_by_id(cls), **records_by_id(chat)}
+    rec = {n: records[f"mixed:{ids[n]}"] for n in range(5)}
+    doubted = rec[1]
+    assert doubted.fields["text"] == "The app crashes on start."
+    assert [(s.question_name, s.value, s.agent, s.score) for s in doubted.suggestions] == [
+        ("corrected_label", "billing", "check-labels", 0.1)]  # the given label, preselected
+    assert (doubted.metadata["label_issue"], doubted.metadata["label_suggested"]) == ("true", "technical")
+    assert [m.role for m in rec[3].fields["prompt"]] == ["system", "user"] and rec[3].fields["response"] == "Hello 3."
+
+    me = str(owner.me.id)
+    answer(owner, me, rec[0], corrected_label="billing")  # submitted as preselected
+    answer(owner, me, rec[1], corrected_label="technical")
+    answer(owner, me, rec[2], status="discarded")
+    answer(owner, me, rec[3], decision="accept", corrected_response="Hello, 3!")
+    answer(owner, me, rec[4], decision="reject")
+    df, report, stderr = pulled(review, data, "mixed.reviewed.parquet")
+    assert df["review_outcome"].to_list() == ["accepted", "corrected", "rejected", "corrected", "rejected"]
+    relabelled = df.row(1, named=True)
+    assert relabelled["label"] == "technical"
+    assert relabelled["messages"][-1] == {"role": "assistant", "content": "technical"}  # the reply is the label
+    assert df["messages"][3][-1]["content"] == "Hello, 3!"
+    assert report["dataset"] == "mixed-classification, mixed-chat"
+    assert not any("accept/reject" in note for note in report["notes"])
+
+
+def test_classification_asks_accept_reject_when_told(review):
+    data = write_mixed(review.root / "labelled.parquet", chat_rows=False)
+    review.curate("push", data, "--no-vectors", "--ask-decision")
+    owner = review.owner()
+    dataset = owner.datasets(name="labelled", workspace="smallset")
+    assert [q.name for q in dataset.settings.questions] == ["corrected_label", "decision"]
+    records = records_by_id(dataset)
+    first = records[f"labelled:{ids_of(data)[0]}"]
+    answer(owner, str(owner.me.id), first, corrected_label="billing", decision="reject")
+    df, _, _ = pulled(review, data, "labelled.reviewed.parquet")
+    assert df["review_outcome"].to_list() == ["rejected", "pending", "pending"]

@@ -199,3 +199,23 @@ def test_http_errors_of_our_own_requests(status, body, expected):
     with pytest.raises(ReviewError) as caught, argilla_errors("http://h"):
         response.raise_for_status()
     assert expected in str(caught.value) and str(caught.value).startswith("Argilla at http://h")
+
+
+def test_the_ui_chip_fix_fits_the_bundle_and_refuses_another(server_python, tmp_path):
+    """The chip fix rewrites the bundle's one preview expression; a bundle without it stops the server by name."""
+    report = in_server_venv(server_python, f"""
+import argilla_server, shutil
+from pathlib import Path
+static = Path(argilla_server.__file__).parent / "static"
+copy = Path({str(tmp_path / "ui")!r}); shutil.copytree(static / "_nuxt", copy / "_nuxt")
+changed = patches.fix_ui_chip_preview(copy)
+left = sum(patches.UI_CHIP_PREVIEW in p.read_text() for p in (copy / "_nuxt").glob("*.js"))
+try:
+    patches.fix_ui_chip_preview(copy)
+    refusal = None
+except patches.PatchError as exc:
+    refusal = str(exc)
+print(json.dumps({{"changed": changed, "left": left, "refusal": refusal}}))
+""")
+    assert report["changed"] >= 1 and report["left"] == 0
+    assert "similar-search chip" in report["refusal"] and WRITTEN_FOR in report["refusal"]

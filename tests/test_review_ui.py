@@ -1,18 +1,25 @@
 """The Argilla web UI in a real browser: headless Chromium (Debian's package) driven by Playwright.
 
 One server for the module (temporary workspace, free port). `curate review
-push` sends 6 rows (2 synthetic); an annotator made with `curate review users
-add` signs in with the printed password, opens the dataset from the home page,
-sees the pushed records, filters them by the `source` metadata value through
-the filter menu, edits the pre-filled corrected response of the record in view
-and submits it. `curate review pull` then gives that row `corrected`, with the
-new response.
+push` sends 6 chat rows (2 synthetic, with vectors) and 3 text + label rows; an
+annotator made with `curate review users add` signs in with the printed
+password and opens each dataset from the home page:
+
+* chat: the conversation, the response and the chat questions; filters by the
+  `source` metadata value through the filter menu, edits the pre-filled
+  corrected response of the record in view and submits it. `curate review
+  pull` then gives that row `corrected`, with the new response. "Find similar"
+  shows a chip that reads the record's turn and response;
+* classification: one text and one label question with the row's label
+  preselected, nothing else to answer; picking another label and submitting
+  makes the row `corrected` with that label.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import polars as pl
@@ -55,14 +62,32 @@ def pushed(tmp_path_factory):
     df = pl.DataFrame(rows, schema={k: v for k, v in CORE_SCHEMA.items() if k != "id"})
     data = write_records(order_columns(with_ids(df.with_columns(pl.lit(None, dtype=pl.String).alias("id")))),
                          root / "invoices.parquet")
+    texts = [("My card was charged twice.", "billing"), ("The app crashes on start.", "technical"),
+             ("Refund my last payment.", "billing")]
+    labelled = pl.DataFrame([{"messages": [{"role": "user", "content": t}, {"role": "assistant", "content": label}],
+                              "label": label, "source": "tickets", "meta": "{}"} for t, label in texts],
+                            schema={k: v for k, v in CORE_SCHEMA.items() if k != "id"})
+    tickets = write_records(order_columns(with_ids(labelled.with_columns(pl.lit(None, dtype=pl.String).alias("id")))),
+                            root / "tickets.parquet")
     server = ReviewServer(workspace=root / "ws", port=free_port())
     server.start()
     try:
-        curate(root / "ws", "push", data, "--no-vectors")
+        curate(root / "ws", "push", data)  # with vectors: "Find similar"
+        curate(root / "ws", "push", tickets, "--no-vectors")
         password = curate(root / "ws", "users", "add", "ann").stdout.strip().splitlines()[-1]
-        yield {"root": root, "data": data, "url": server.url, "password": password}
+        yield {"root": root, "data": data, "tickets": tickets, "texts": dict(texts), "url": server.url,
+               "password": password}
     finally:
         server.stop()
+
+
+def shown_layout(page) -> tuple[list[str], list[str]]:
+    """The field titles and question titles of the record in view, as the annotator reads them."""
+    page.locator("[aria-label^='Question: ']").first.wait_for()
+    fields = page.locator(".chat__title, .text_field_component__title-content").all_inner_texts()
+    questions = page.locator("[aria-label^='Question: '] .title-area").evaluate_all(
+        "els => els.map(e => e.getAttribute('aria-label'))")
+    return [f.strip() for f in fields], questions
 
 
 def test_annotator_filters_and_corrects_in_the_browser(pushed):
@@ -71,7 +96,8 @@ def test_annotator_filters_and_corrects_in_the_browser(pushed):
         page.get_by_text("invoices", exact=True).click()  # the dataset card on the home page
         page.wait_for_url("**/dataset/*/annotation-mode**")
         page.get_by_text("1 of 6").wait_for()
-        sync_api.expect(page.get_by_text("Keep this example?")).to_be_visible()
+        assert shown_layout(page) == (["Conversation", "Response"], [
+            "Keep this example?", "Quality (1 bad - 5 excellent)", "Corrected response (edit in place)"])  # one class
 
         page.get_by_text("Filters", exact=True).click()
         page.get_by_text("Metadata", exact=True).click()
@@ -102,3 +128,38 @@ def test_annotator_filters_and_corrects_in_the_browser(pushed):
     review = json.loads(row["meta"])["review"]
     assert review["original"]["response"] == original and review["votes"][0]["user"] == "ann"
     assert df.filter(pl.col("n") != n)["review_outcome"].to_list() == ["pending"] * 5
+
+
+def test_find_similar_chip_reads_the_record(pushed):
+    with annotator_page(pushed["url"], "ann", pushed["password"], pushed["root"] / "chip.png") as page:
+        page.get_by_text("invoices", exact=True).click()
+        page.wait_for_url("**/dataset/*/annotation-mode**")
+        page.get_by_text("Find similar", exact=True).first.click()
+        chip = page.locator(".similarity-reference__preview__text")
+        sync_api.expect(chip.first).to_have_text(re.compile(r"^Conversation: Where is invoice \d\?$"))
+        sync_api.expect(chip.nth(1)).to_have_text(re.compile(r"^Response: Invoice \d is in your account\.$"))
+        assert "[object Object]" not in page.locator(".similarity-reference__preview").inner_text()
+
+
+def test_classification_shows_one_text_and_one_label_question(pushed):
+    root = pushed["root"]
+    with annotator_page(pushed["url"], "ann", pushed["password"], root / "classification.png") as page:
+        page.get_by_text("tickets", exact=True).click()
+        page.wait_for_url("**/dataset/*/annotation-mode**")
+        page.get_by_text("1 of 3").wait_for()
+        assert shown_layout(page) == (["Text"], ["Label"])
+        text = next(t for t in pushed["texts"] if t in page.inner_text("body"))
+        given = pushed["texts"][text]
+        other = "technical" if given == "billing" else "billing"
+        sync_api.expect(page.locator(f"label[for=corrected_label_{given}]")).to_have_class(re.compile("label-active"))
+        sync_api.expect(page.locator(f"label[for=corrected_label_{other}]")).not_to_have_class(re.compile("label-active"))
+        page.locator(f"label[for=corrected_label_{other}]").click()
+        page.get_by_text("Submit", exact=True).click()
+        page.get_by_text("2 of 3").wait_for()
+
+    out = root / "tickets.reviewed.parquet"
+    curate(root / "ws", "pull", pushed["tickets"], "-o", out)
+    df = pl.read_parquet(out)
+    row = df.filter(pl.col("messages").list.first().struct.field("content") == text).row(0, named=True)
+    assert (row["review_outcome"], row["label"], row["messages"][-1]["content"]) == ("corrected", other, other)
+    assert sorted(df["review_outcome"].to_list()) == ["corrected", "pending", "pending"]

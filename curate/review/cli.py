@@ -55,7 +55,12 @@ def review() -> None:
 
 @review.command()
 def setup() -> None:
-    """Create the Argilla server's virtualenv in the smallset cache (once; `serve` does it too)."""
+    """Create the Argilla server's virtualenv in the smallset cache (once; `serve` does it too).
+
+    \b
+    Example:
+      curate review setup
+    """
     from curate.review.server_env import ensure_server_env
 
     env = ensure_server_env(_progress)
@@ -76,6 +81,10 @@ def serve(workspace: Path, port: int, api_workers: int) -> None:
     prints them once and keeps them in WORKSPACE/owner.json (mode 0600).
     With ARGILLA_API_URL and ARGILLA_API_KEY set, that deployment is used and
     nothing is started.
+
+    \b
+    Example:
+      curate review serve --workspace runs/review --port 6900
     """
     external = external_deployment()
     if external is not None:
@@ -98,7 +107,12 @@ def serve(workspace: Path, port: int, api_workers: int) -> None:
 @review.command()
 @workspace_option
 def stop(workspace: Path) -> None:
-    """Stop the server that `serve` runs for WORKSPACE."""
+    """Stop the server that `serve` runs for WORKSPACE.
+
+    \b
+    Example:
+      curate review stop --workspace runs/review
+    """
     if stop_workspace(workspace):
         _progress(f"stopped the review server of {workspace}")
     else:
@@ -117,7 +131,12 @@ def users() -> None:
 @click.option("--argilla-workspace", "argilla_workspaces", multiple=True, default=[DEFAULT_ARGILLA_WORKSPACE],
               show_default=True, help="Argilla workspace the user joins (repeatable).")
 def add(name: str, workspace: Path, role: str, argilla_workspaces: tuple[str, ...]) -> None:
-    """Create user NAME with a random password, printed once (on stdout)."""
+    """Create user NAME with a random password, printed once (on stdout).
+
+    \b
+    Example:
+      curate review users add alice --role annotator --workspace runs/review
+    """
     if not _USERNAME.match(name):
         raise click.BadParameter("letters, digits, '_', '.', '-' (starting with a letter or digit)", param_hint="NAME")
     external = external_deployment()
@@ -171,15 +190,21 @@ argilla_workspace_option = click.option(
               help="Send embeddings for similarity search in the UI.")
 @click.option("--embedder", help="Embedding model spec (env SMALLSET_EMBEDDER).")
 @click.option("--batch-size", type=click.IntRange(1, 500), default=500, show_default=True)
+@click.option("--ask-decision", is_flag=True,
+              help="Classification rows: ask accept/reject besides the label (default: the label alone; Discard "
+                   "rejects).")
 def push(dataset: Path, workspace: Path, argilla_workspace: str, name: str | None, key: str | None, policy: str,
          score_column: str, band: str, fraction: float, seed: int, where: str | None, overlap: int | None,
-         vectors: bool, embedder: str | None, batch_size: int) -> None:
+         vectors: bool, embedder: str | None, batch_size: int, ask_decision: bool) -> None:
     """Send DATASET's rows (all, or those a routing policy picks) to an Argilla dataset for review.
 
     Pushing again adds only rows that are not there yet, so an interrupted push is
-    finished by running it again.
+    finished by running it again. Classification rows show their text and one label
+    question; chat rows the conversation, the response, accept/reject, a rating and
+    the corrected response. Data with both goes to NAME-classification and NAME-chat.
 
     \b
+    Examples:
       curate review push scored.parquet --overlap 2
       curate review push scored.parquet --route borderline --band 2.5:3.5
       curate review push scored.parquet --route audit --fraction 0.05 --seed 1
@@ -193,22 +218,23 @@ def push(dataset: Path, workspace: Path, argilla_workspace: str, name: str | Non
         name=name, key=key, argilla_workspace=argilla_workspace,
         route=Route(policy=policy, score_column=score_column, band=parse_band(band), fraction=fraction, seed=seed,
                     where=where),
-        overlap=overlap, vectors=vectors, embedder=embedder, batch_size=batch_size,
+        overlap=overlap, vectors=vectors, embedder=embedder, batch_size=batch_size, ask_decision=ask_decision,
     )
     conn = connect(workspace)
     with _records_bar("pushing") as bar:
-        report = run_push(dataset, conn, options, progress=_progress, bar=bar)
-    for line in report.changed:
-        _progress(f"changed: {line}")
-    for line in report.notes:
-        _progress(f"note: {line}")
-    verb = "created" if report.created else "reused"
-    _progress(
-        f"{verb} {report.workspace}/{report.dataset}: {report.pushed} new records, {report.already} already there "
-        f"({report.routed} of {report.rows} rows routed{', vectors' if report.vectors else ''}"
-        f"{f', {report.duplicate_ids} repeated ids sent once' if report.duplicate_ids else ''}); "
-        f"review at {report.dataset_url}"
-    )
+        reports = run_push(dataset, conn, options, progress=_progress, bar=bar)
+    for report in reports:
+        for line in report.changed:
+            _progress(f"changed: {line}")
+        for line in report.notes:
+            _progress(f"note: {line}")
+        verb = "created" if report.created else "reused"
+        _progress(
+            f"{verb} {report.workspace}/{report.dataset}: {report.pushed} new records, {report.already} already there "
+            f"({report.routed} of {report.rows} rows routed, {report.layout} layout{', vectors' if report.vectors else ''}"
+            f"{f', {report.duplicate_ids} repeated ids sent once' if report.duplicate_ids else ''}); "
+            f"review at {report.dataset_url}"
+        )
 
 
 @review.command()
@@ -232,8 +258,9 @@ def pull(dataset: Path, output: Path, workspace: Path, argilla_workspace: str, n
     (Krippendorff's alpha) is printed and written to OUTPUT's .review.json.
 
     \b
+    Examples:
       curate review pull scored.parquet -o reviewed.parquet
-      curate filter reviewed.parquet --where "review_outcome != 'rejected'" ...
+      curate filter reviewed.parquet --where "review_outcome <> 'rejected'" -o kept.parquet
     """
     from curate.review.client import connect
     from curate.review.pull import PullOptions, pull as run_pull
@@ -280,7 +307,12 @@ def _print_pull(report) -> None:
 @click.option("--name", help="Only this Argilla dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per dataset, in a list) on stdout.")
 def status(workspace: Path, argilla_workspace: str | None, name: str | None, as_json: bool) -> None:
-    """Review progress per dataset and per annotator."""
+    """Review progress per dataset and per annotator.
+
+    \b
+    Example:
+      curate review status --name support-tickets --json
+    """
     import json
 
     from curate.review.client import connect

@@ -6,15 +6,21 @@ One row becomes one Argilla record:
   file's stem unless `--key` says otherwise): pushing the same file again finds
   the rows already there, and two datasets pushed into one Argilla dataset never
   overwrite each other's records;
-* fields: `prompt` (a chat of every turn but the last assistant one), `response`
-  (that assistant turn) and, for classification, `label`;
-* questions (see `settings.py`) are pre-filled with suggestions: the rating from
-  the judge's score, accept/reject from the same score, the corrected label
-  from the judge's label (or the row's own), the corrected response from the
-  response itself, so that a correction is an edit in place;
+* its layout follows the row's task (`row_layouts`): a classification row (a
+  label, and no reply or the label as its reply) shows its `text` and one label
+  question; any other row is a chat row: `prompt` (a chat of every turn but the
+  last assistant one) and `response` (that assistant turn). Argilla fixes fields
+  and questions per dataset, so data with both kinds goes to one dataset per
+  layout (`dataset_names`);
+* questions (see `settings.py`) are pre-filled with suggestions: the label
+  question with the row's own label (scored by check-labels' `label_quality`
+  when present), and for chat the rating from the judge's score, accept/reject
+  from the same score, the label from the judge's (or the row's own), the
+  corrected response from the response itself, so that a correction is an
+  edit in place;
 * metadata for filtering: dataset key, source, origin (synthetic or real),
   label, the judge's scores and any other `*_score` column, duplicate-cluster
-  size.
+  size, check-labels' `label_issue`, `label_suggested` and `label_quality`.
 
 Scores are read from columns (`curate score --judge` adds them) or, when the
 dataset came through a format that folded them away, from the same keys in
@@ -33,7 +39,10 @@ import polars as pl
 
 from curate.review.routing import is_synthetic
 
-# Field, question and vector names in the Argilla dataset.
+# Layouts, and field, question and vector names in the Argilla dataset.
+CLASSIFICATION, CHAT = "classification", "chat"
+LAYOUTS = (CLASSIFICATION, CHAT)
+TEXT = "text"  # the classification layout's one field
 PROMPT, RESPONSE, LABEL = "prompt", "response", "given_label"  # "label" names the metadata property
 DECISION, RATING, CORRECTED_RESPONSE, CORRECTED_LABEL = "decision", "rating", "corrected_response", "corrected_label"
 VECTOR = "embedding"
@@ -46,6 +55,9 @@ ACCEPT_FROM_SCORE = 3.0  # judge_score at or above this is suggested as "accept"
 
 # Keys that `curate score --judge` and `curate dedup` write, looked up in `meta` when no column holds them.
 SCORE_KEYS = ("judge_score", "judge_label", "judge_agrees", "dedup_cluster_size")
+# What `curate check-labels` adds: shown as metadata, the quality scores the label suggestion.
+CHECK_LABELS_COLUMNS = ("label_issue", "label_suggested", "label_quality")
+CHECK_LABELS_AGENT = "check-labels"
 CLUSTER_SIZE = "dedup_cluster_size"
 MAX_MESSAGE_CHARS = 20_000  # Argilla's limit per chat message (display only: pull reads the dataset file)
 
@@ -61,6 +73,31 @@ def default_key(path: str | Path) -> str:
 
 def external_id(key: str, record_id: str) -> str:
     return f"{key}:{record_id}"
+
+
+def row_layouts(df: pl.DataFrame) -> pl.Series:
+    """Each row's layout: classification (a label that is the reply, or no reply) or chat."""
+    from curate.text import classification_row
+
+    if df.height == 0:
+        return pl.Series("layout", [], dtype=pl.String)
+    layout = pl.when(classification_row()).then(pl.lit(CLASSIFICATION)).otherwise(pl.lit(CHAT))
+    return df.select(layout.alias("layout"))["layout"]
+
+
+def dataset_names(name: str, layouts: set[str] | list[str]) -> dict[str, str]:
+    """The Argilla dataset of each layout: `name` itself for one layout, `name-classification` and `name-chat`
+    when the data has both (a dataset has one set of fields and questions)."""
+    present = [layout for layout in LAYOUTS if layout in set(layouts)]
+    if len(present) <= 1:
+        return {layout: name for layout in present}
+    return {layout: f"{name}-{layout}" for layout in present}
+
+
+def classification_text(messages: list[dict]) -> str:
+    """What a classification row's label is about: its user turns (every turn but the replies when none is a user's)."""
+    turns = [m for m in messages if m.get("role") == "user"] or [m for m in messages if m.get("role") != "assistant"]
+    return "\n\n".join(str(m.get("content") or "") for m in turns)
 
 
 def last_assistant(messages: list[dict]) -> int | None:
@@ -128,7 +165,8 @@ def metadata_columns(df: pl.DataFrame) -> list[MetadataColumn]:
     for name, dtype in df.schema.items():
         if name in ("id", "messages", "label", "source", "meta"):
             continue
-        scorelike = name.startswith("judge_") or name.endswith("_score") or name in ("score", CLUSTER_SIZE)
+        scorelike = (name.startswith("judge_") or name.endswith("_score")
+                     or name in ("score", CLUSTER_SIZE, *CHECK_LABELS_COLUMNS))
         if not scorelike or name != name.lower() or not name.replace("_", "").isalnum():
             continue
         if dtype == pl.Boolean:
@@ -137,7 +175,7 @@ def metadata_columns(df: pl.DataFrame) -> list[MetadataColumn]:
             found.append(MetadataColumn(name, "integer"))
         elif dtype.is_float():
             found.append(MetadataColumn(name, "float"))
-        elif name == "judge_label":
+        elif name in ("judge_label", "label_suggested"):
             found.append(MetadataColumn(name, "terms"))
     return found
 
@@ -147,8 +185,9 @@ def labels_of(df: pl.DataFrame) -> list[str]:
     values = set(df["label"].drop_nulls().to_list()) if "label" in df.columns else set()
     if not values:
         return []
-    if "judge_label" in df.columns and df.schema["judge_label"] == pl.String:
-        values |= set(df["judge_label"].drop_nulls().to_list())
+    for column in ("judge_label", "label_suggested"):
+        if column in df.columns and df.schema[column] == pl.String:
+            values |= set(df[column].drop_nulls().to_list())
     return sorted(v for v in values if v.strip())
 
 
@@ -181,6 +220,7 @@ class RecordPlan:
     """What every pushed record carries: the settings-dependent parts of the mapping."""
 
     key: str
+    layout: str  # CLASSIFICATION or CHAT
     labels: tuple[str, ...]
     metadata: tuple[MetadataColumn, ...]
     fields: frozenset[str]  # fields the Argilla dataset has
@@ -194,16 +234,21 @@ def prepare(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def record_payload(row: dict, plan: RecordPlan) -> dict:
-    """One row as Argilla record parts: id, fields, metadata, suggestions (name -> (value, agent))."""
+    """One row as Argilla record parts: id, fields, metadata, suggestions (name -> (value, agent, score))."""
     messages = row.get("messages") or []
     prompt, response = split_turns(messages)
     fields: dict[str, Any] = {}
-    if PROMPT in plan.fields and prompt:
-        fields[PROMPT] = [{"role": m.get("role") or "user", "content": _display(m.get("content"))} for m in prompt[-500:]]
-    if RESPONSE in plan.fields:
-        fields[RESPONSE] = _display(response)
-    if LABEL in plan.fields and row.get("label") is not None:
-        fields[LABEL] = str(row["label"])
+    if plan.layout == CLASSIFICATION:
+        if TEXT in plan.fields:
+            fields[TEXT] = _display(classification_text(messages))
+    else:
+        if PROMPT in plan.fields and prompt:
+            fields[PROMPT] = [{"role": m.get("role") or "user", "content": _display(m.get("content"))}
+                              for m in prompt[-500:]]
+        if RESPONSE in plan.fields:
+            fields[RESPONSE] = _display(response)
+        if LABEL in plan.fields and row.get("label") is not None:
+            fields[LABEL] = str(row["label"])
 
     metadata: dict[str, Any] = {
         "dataset": plan.key,
@@ -216,19 +261,28 @@ def record_payload(row: dict, plan: RecordPlan) -> dict:
         metadata[column.name] = _metadata_value(row.get(column.name), column.kind)
     metadata = {k: v for k, v in metadata.items() if v is not None and k in plan.metadata_names}
 
-    suggestions: dict[str, tuple[Any, str]] = {}
+    suggestions: dict[str, tuple[Any, str, float | None]] = {}
     score = _number(row.get("judge_score"))
     if score is not None:
-        suggestions[RATING] = (min(max(int(round(score)), RATINGS[0]), RATINGS[-1]), JUDGE_AGENT)
-        suggestions[DECISION] = (ACCEPT if score >= ACCEPT_FROM_SCORE else REJECT, JUDGE_AGENT)
-    if plan.labels:
-        judge_label = row.get("judge_label")
-        if isinstance(judge_label, str) and judge_label in plan.labels:
-            suggestions[CORRECTED_LABEL] = (judge_label, JUDGE_AGENT)
-        elif row.get("label") in plan.labels:
-            suggestions[CORRECTED_LABEL] = (row["label"], ORIGINAL_AGENT)
-    if response is not None and response.strip():
-        suggestions[CORRECTED_RESPONSE] = (response, ORIGINAL_AGENT)
+        suggestions[RATING] = (min(max(int(round(score)), RATINGS[0]), RATINGS[-1]), JUDGE_AGENT, None)
+        suggestions[DECISION] = (ACCEPT if score >= ACCEPT_FROM_SCORE else REJECT, JUDGE_AGENT, None)
+    if plan.layout == CLASSIFICATION:
+        # The row's own label, preselected: submitting it unchanged keeps the label. check-labels' doubt is
+        # its score (the predicted probability of that label) and the label_issue / label_suggested metadata.
+        if row.get("label") in plan.labels:
+            quality = _number(row.get("label_quality"))
+            agent = CHECK_LABELS_AGENT if quality is not None else ORIGINAL_AGENT
+            score = min(max(quality, 0.0), 1.0) if quality is not None else None
+            suggestions[CORRECTED_LABEL] = (row["label"], agent, score)
+    else:
+        if plan.labels:
+            judge_label = row.get("judge_label")
+            if isinstance(judge_label, str) and judge_label in plan.labels:
+                suggestions[CORRECTED_LABEL] = (judge_label, JUDGE_AGENT, None)
+            elif row.get("label") in plan.labels:
+                suggestions[CORRECTED_LABEL] = (row["label"], ORIGINAL_AGENT, None)
+        if response is not None and response.strip():
+            suggestions[CORRECTED_RESPONSE] = (response, ORIGINAL_AGENT, None)
     suggestions = {k: v for k, v in suggestions.items() if k in plan.questions}
     return {"id": external_id(plan.key, row["id"]), "fields": fields, "metadata": metadata, "suggestions": suggestions}
 

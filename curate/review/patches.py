@@ -1,8 +1,8 @@
 """Every use of argilla-server's own code, each change to it checked against the code it was written for.
 
 argilla-server has no public Python API, and the review server changes three of its functions
-for speed. All of that lives here, so that an upgrade of argilla-server is told at once what
-to re-read:
+for speed, and one line of its web UI (the similar-search chip, `fix_ui_chip_preview`). All of
+that lives here, so that an upgrade of argilla-server is told at once what to re-read:
 
 * `PATCHES`: each patch names the upstream function it replaces, the argilla-server version
   it was written for, and the shape (signature and a hash of the source) of every upstream
@@ -316,12 +316,55 @@ PATCHES: list[Patch] = [
 # --------------------------------------------------------------------------- entry points the launcher calls
 
 
+# The web UI's "Similar to" chip (after "Find similar") previews a record as `title: content` of its
+# first two fields; a chat field's content is a list of messages, which JavaScript prints as
+# "[object Object]". The fix shows the last user turn instead. The UI ships as minified bundles:
+# the exact text it replaces is checked, and a bundle without it stops the server (`PatchError`).
+UI_CHIP_PREVIEW = '"".concat(e.fields[t].title,": ").concat(e.fields[t].content)'
+UI_CHIP_PREVIEW_FIXED = (
+    '"".concat(e.fields[t].title,": ").concat(function(c){if(!Array.isArray(c))return c;'
+    'var u=c.filter(function(m){return m&&m.role==="user"}),m=u.length?u[u.length-1]:c[c.length-1];'
+    'return m&&m.content!=null?m.content:""}(e.fields[t].content))'
+)
+
+
+def fix_ui_chip_preview(static_dir) -> int:
+    """Rewrite the UI bundles in `static_dir` (the server's own copy) so that the chip reads a chat field; the count."""
+    from pathlib import Path
+
+    changed = 0
+    for bundle in sorted(Path(static_dir).glob("_nuxt/*.js")):
+        text = bundle.read_text(encoding="utf-8")
+        if UI_CHIP_PREVIEW in text:
+            bundle.write_text(text.replace(UI_CHIP_PREVIEW, UI_CHIP_PREVIEW_FIXED), encoding="utf-8")
+            changed += 1
+    if not changed:
+        raise _refusal([f"the web UI of {UPSTREAM} {upstream_version()} in {static_dir} has no similar-search chip "
+                        f"preview of the form written for {WRITTEN_FOR} ({UI_CHIP_PREVIEW})"])
+    return changed
+
+
+def _static_dirs(app) -> list:
+    """The folders the app serves its web UI from (argilla-server copies its bundle into a temporary folder)."""
+    found = []
+    for route in getattr(app, "routes", []):
+        directory = getattr(getattr(route, "app", None), "directory", None)
+        if getattr(route, "name", None) == "static" and directory:
+            found.append(directory)
+        elif hasattr(getattr(route, "app", None), "routes"):  # the app mounted under a base URL
+            found.extend(_static_dirs(route.app))
+    return found
+
+
 def create_app():
     """argilla-server's FastAPI app (API and web UI), with the smallset search engine already registered."""
     require_version()
     from argilla_server._app import create_server_app
 
-    return create_server_app()
+    app = create_server_app()
+    for directory in _static_dirs(app):
+        fix_ui_chip_preview(directory)
+    return app
 
 
 def migrate_database() -> None:

@@ -8,6 +8,13 @@ A correction replaces the last assistant turn or the label (and, for text+label
 data, the assistant turn that holds the label); the row's id is recomputed from
 the new content, as everywhere in smallset.
 
+Rows are looked up in the dataset of their layout (see `mapping.dataset_names`:
+one dataset for data of one task, `NAME-classification` and `NAME-chat` for
+data with both; a mixed dataset pushed into `NAME` alone is found there too).
+In the classification layout the answer is the label (a changed one is a
+correction, Discard a rejection); in the chat layout the decision, rating and
+corrected response (and label, when asked).
+
 Questions are found by the names push gives them. When the Argilla dataset was
 changed by hand (or made by hand), a missing question is looked for by its
 type (a label question with accept/reject-like labels, a rating, a text); what
@@ -40,17 +47,21 @@ from curate.review.decisions import (
     same_text,
 )
 from curate.review.mapping import (
+    CLASSIFICATION,
     CORRECTED_LABEL,
     CORRECTED_RESPONSE,
     DECISION,
     RATING,
+    dataset_names,
     default_key,
     external_id,
     last_assistant,
     meta_dict,
+    row_layouts,
 )
 from curate.review.push import iter_records
 from curate.review.server import DEFAULT_ARGILLA_WORKSPACE
+from curate.review.settings import layout_of
 from curate.writers import write_records
 
 if TYPE_CHECKING:
@@ -80,12 +91,13 @@ class QuestionMap:
     notes: list[str] = field(default_factory=list)
 
 
-def map_questions(settings: "rg.Settings", labels: set[str] | None = None) -> QuestionMap:
+def map_questions(settings: "rg.Settings", labels: set[str] | None = None, expect_decision: bool = True) -> QuestionMap:
     """Map questions by name, then (for a dataset changed or made by hand) by type.
 
     A label question found by type is read as the corrected label only when it
     offers one of the dataset's `labels`: a question about something else (tone,
-    language) must not overwrite the rows' labels.
+    language) must not overwrite the rows' labels. `expect_decision` False (the
+    classification layout): no accept/reject question is no news.
     """
     import argilla as rg
 
@@ -110,7 +122,8 @@ def map_questions(settings: "rg.Settings", labels: set[str] | None = None) -> Qu
                 found.notes.append(f"the question {question.name!r} is read as the accept/reject decision")
                 break
         else:
-            found.notes.append("no accept/reject question: every submitted response counts as accepted")
+            if expect_decision:
+                found.notes.append("no accept/reject question: every submitted response counts as accepted")
     if found.rating is None:
         candidates = free(rg.RatingQuestion)
         if candidates:
@@ -166,6 +179,34 @@ def _votes(record, questions: QuestionMap, users: dict[str, str], notes: Counter
 def fetch_records(conn: Connection, dataset: "rg.Dataset") -> dict[str, Any]:
     """Every record of the Argilla dataset with its responses, by external id."""
     return {str(record.external_id): record for record in iter_records(conn, dataset, with_responses=True)}
+
+
+@dataclass
+class Source:
+    """One Argilla dataset that pull reads: its name, question map and records."""
+
+    name: str
+    questions: QuestionMap
+    records: dict[str, Any]
+
+
+def _sources(conn: Connection, df: pl.DataFrame, name: str, workspace: str) -> dict[str, Source]:
+    """The dataset of each layout in `df` (a layout whose dataset does not exist is left out)."""
+    labels = set(df["label"].drop_nulls().to_list())
+    found: dict[str, Source] = {}
+    read: dict[str, Source] = {}  # by dataset name: a mixed dataset pushed into NAME alone serves both layouts
+    for layout, wanted in dataset_names(name, set(row_layouts(df).to_list())).items():
+        for candidate in dict.fromkeys((wanted, name)):
+            if candidate not in read:
+                dataset = conn.dataset(candidate, workspace)
+                if dataset is None:
+                    continue
+                expect_decision = layout_of(dataset.settings) != CLASSIFICATION
+                read[candidate] = Source(candidate, map_questions(dataset.settings, labels, expect_decision),
+                                         fetch_records(conn, dataset))
+            found[layout] = read[candidate]
+            break
+    return found
 
 
 def _user_names(conn: Connection) -> dict[str, str]:
@@ -224,15 +265,17 @@ def pull(path: Path, output: Path, conn: Connection, options: PullOptions) -> Pu
     manifest.add_input(path, rows=df.height)
 
     with argilla_errors(conn.url):
-        dataset = conn.dataset(name, options.argilla_workspace)
-        if dataset is None:
+        sources = _sources(conn, df, name, options.argilla_workspace)
+        if not sources:
+            wanted = [*dataset_names(name, set(row_layouts(df))).values(), name]
+            names = " or ".join(repr(n) for n in dict.fromkeys(wanted))
             raise ReviewError(
-                f"Argilla at {conn.url} has no dataset {name!r} in the workspace {options.argilla_workspace!r}; "
+                f"Argilla at {conn.url} has no dataset {names} in the workspace {options.argilla_workspace!r}; "
                 "push it first (or pass --name / --argilla-workspace)"
             )
-        questions = map_questions(dataset.settings, set(df["label"].drop_nulls().to_list()))
         users = _user_names(conn)
-        records = fetch_records(conn, dataset)
+    records = {ext: (record, source) for source in {id(s): s for s in sources.values()}.values()
+               for ext, record in source.records.items()}
 
     notes: Counter = Counter()
     rows_out: dict[str, list] = defaultdict(list)
@@ -251,7 +294,7 @@ def pull(path: Path, output: Path, conn: Connection, options: PullOptions) -> Pu
         original_label = row.get("label")
         meta = meta_dict(row.get("meta"))
         ext = external_id(key, row["id"])
-        record = records.get(ext)
+        record, source = records.get(ext, (None, None))
         if record is None:
             pending["not in Argilla"] += 1
             meta["review"] = {"outcome": PENDING, "reason": "not in Argilla (not pushed, or deleted there)"}
@@ -262,6 +305,7 @@ def pull(path: Path, output: Path, conn: Connection, options: PullOptions) -> Pu
             rows_out["meta"].append(json.dumps(meta, ensure_ascii=False))
             continue
         matched.add(ext)
+        questions = source.questions
         votes, drafts = _votes(record, questions, users, notes)
         first_time = ext not in seen_records  # a repeated row id: count its record once
         seen_records.add(ext)
@@ -286,7 +330,7 @@ def pull(path: Path, output: Path, conn: Connection, options: PullOptions) -> Pu
                 conflicts["ties" if result.rule == "tie" else "resolved_by_majority"] += 1
         if result.outcome == PENDING:
             pending["tie (left pending)" if result.rule == "tie" else "awaiting a decision"] += 1
-        review: dict[str, Any] = {"outcome": result.outcome, "rule": result.rule, "dataset": name, "record": ext,
+        review: dict[str, Any] = {"outcome": result.outcome, "rule": result.rule, "dataset": source.name, "record": ext,
                                   "votes": [v.to_dict() for v in votes]}
         if drafts:
             review["drafts"] = drafts
@@ -331,16 +375,19 @@ def pull(path: Path, output: Path, conn: Connection, options: PullOptions) -> Pu
         if q in per_question or q in ("decision", "outcome")
     ]
     unmatched = sum(1 for ext in records if ext.startswith(f"{key}:") and ext not in matched)
-    all_notes = list(questions.notes) + [f"{text} ({n} answers)" for text, n in notes.items()]
+    dataset_list = ", ".join(dict.fromkeys(source.name for source in sources.values()))
+    question_notes = dict.fromkeys(note for source in sources.values() for note in source.questions.notes)
+    all_notes = list(question_notes) + [f"{text} ({n} answers)" for text, n in notes.items()]
     if unmatched:
         all_notes.append(f"{unmatched} Argilla records of key {key!r} match no row of {path} (its rows changed?)")
     if not matched:
-        all_notes.append(f"no row of {path} is in {name!r} under the key {key!r}: pass the --key it was pushed with")
+        all_notes.append(f"no row of {path} is in {dataset_list!r} under the key {key!r}: pass the --key it was "
+                         "pushed with")
     rule = ("majority of the decisions (submitted and discarded responses); a tie is "
             + ("left pending" if options.on_tie == "pending" else "rejected")
             + f"; at least {options.min_votes} decision(s) per row")
     report = PullReport(
-        dataset=name, workspace=options.argilla_workspace, url=conn.url, key=key, rows=out.height,
+        dataset=dataset_list, workspace=options.argilla_workspace, url=conn.url, key=key, rows=out.height,
         outcomes=outcome_counts(rows_out["outcome"]), pending=dict(pending),
         annotators={user: dict(counts) for user, counts in sorted(annotators.items())},
         agreement=results, conflicts={k: conflicts.get(k, 0) for k in ("records", "resolved_by_majority", "ties")},

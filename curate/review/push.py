@@ -7,6 +7,11 @@ SDK, in batches of 500 to Argilla's bulk upsert endpoint, two in flight. A push
 that stopped halfway (Ctrl-C, a crash, a network failure) is finished by running
 it again: the batches that arrived are skipped, and a batch that arrived without
 its answer is upserted by id, never added twice.
+
+Each row goes to the dataset of its layout (classification or chat, see
+`mapping.py`): data of one task to one dataset, data with both to one dataset
+per layout, `NAME-classification` and `NAME-chat`, as Argilla datasets have one
+set of fields and questions each.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,20 +30,23 @@ import polars as pl
 from curate.readers import read_records
 from curate.review.client import Connection, ReviewError, argilla_errors
 from curate.review.mapping import (
+    CLASSIFICATION,
     CORRECTED_LABEL,
     VECTOR,
     RecordPlan,
+    dataset_names,
     default_key,
     external_id,
     labels_of,
     metadata_columns,
     prepare,
     record_payload,
+    row_layouts,
     with_meta_scores,
 )
 from curate.review.routing import Route, route
 from curate.review.server import DEFAULT_ARGILLA_WORKSPACE
-from curate.review.settings import Reconciled, TaskShape, build_settings, reconcile
+from curate.review.settings import Reconciled, TaskShape, build_settings, layout_of, reconcile
 
 if TYPE_CHECKING:
     import argilla as rg
@@ -59,6 +67,7 @@ class PushOptions:
     vectors: bool = True
     embedder: str | None = None
     batch_size: int = MAX_BATCH
+    ask_decision: bool = False  # classification: ask accept/reject besides the label
 
 
 @dataclass
@@ -68,6 +77,7 @@ class PushReport:
     url: str
     dataset_url: str
     created: bool
+    layout: str
     rows: int
     routed: int
     already: int
@@ -97,11 +107,11 @@ def existing_ids(conn: Connection, dataset: "rg.Dataset") -> set[str]:
     return {str(record.external_id) for record in iter_records(conn, dataset) if record.external_id is not None}
 
 
-def _embed(df: pl.DataFrame, embedder: str | None) -> list[list[float]]:
+def _embed(df: pl.DataFrame, embedder: str | None, fields: tuple[str, ...]) -> list[list[float]]:
     from curate.embeddings import embed
     from curate.text import field_text
 
-    texts = df.select(field_text(("user", "assistant")).alias("t"))["t"].to_list()
+    texts = df.select(field_text(fields).alias("t"))["t"].to_list()
     return embed(texts, embedder, progress=False).tolist()
 
 
@@ -154,112 +164,139 @@ def push(
     *,
     progress: Callable[[str], None] = print,
     bar: Callable[[int], Callable[[int], None]] | None = None,
-) -> PushReport:
-    """Push the routed rows of `path` that the Argilla dataset does not hold yet.
+) -> list[PushReport]:
+    """Push the routed rows of `path` that the Argilla datasets do not hold yet: one report per dataset.
 
-    `bar(total)` may return a callback that is told how many records each sent batch held.
+    Rows go to the dataset of their layout (`mapping.dataset_names`): one dataset for data of one task,
+    `NAME-classification` and `NAME-chat` for data with both. `bar(total)` may return a callback that
+    is told how many records each sent batch held.
     """
-    import argilla as rg
-
     key = options.key or default_key(path)
     name = options.name or key
     df = with_meta_scores(read_records(path).records)
     routed = route(df, options.route)
-    unique = routed.unique(subset="id", keep="first", maintain_order=True)
-    duplicates = routed.height - unique.height
-
+    layouts, routed_layouts = row_layouts(df), row_layouts(routed)
+    reports = []
     with argilla_errors(conn.url):
         workspace = conn.workspace(options.argilla_workspace, create=True)
-        dataset = conn.dataset(name, workspace.name)
-        if dataset is not None:  # another push may be creating it right now: wait until it is published
-            dataset = _published(conn, name, workspace.name)
-        already = existing_ids(conn, dataset) if dataset is not None else set()
-        ids = [external_id(key, rid) for rid in unique["id"].to_list()]
-        new = unique.filter(pl.Series([i not in already for i in ids], dtype=pl.Boolean))
-
-        vectors = None
-        if options.vectors and new.height:
-            progress(f"embedding {new.height} rows for similarity search")
-            vectors = _embed(new, options.embedder)
-        shape = TaskShape(
-            labels=tuple(labels_of(df)),
-            metadata=tuple(metadata_columns(df)),
-            vector_dims=len(vectors[0]) if vectors else None,
-            overlap=options.overlap,
-        )
-        created = dataset is None
-        if created:
-            if new.height == 0:
-                raise ReviewError(f"no rows of {path} to push (routing {options.route.describe()} selected none)")
-            mine = rg.Dataset(name=name, workspace=workspace, settings=build_settings(shape), client=conn.client)
-            theirs = _create(conn, mine)  # another push's, when it created the dataset first
-            created = theirs is None
-            dataset = mine if created else theirs
-        if created:
-            state = Reconciled(
-                fields={f.name for f in dataset.settings.fields},
-                questions={q.name for q in dataset.settings.questions},
-                metadata={m.name for m in dataset.settings.metadata},
-                vectors=bool(vectors),
-                labels=shape.labels,
+        for layout, dataset_name in dataset_names(name, set(layouts.to_list())).items():
+            report = _push_layout(
+                conn, workspace, dataset_name, key, layout, df.filter(layouts == layout),
+                routed.filter(routed_layouts == layout), options, progress=progress, bar=bar,
             )
-        else:
-            state = reconcile(dataset, shape)
+            if report is not None:
+                reports.append(report)
+    if not reports:
+        raise ReviewError(f"no rows of {path} to push (routing {options.route.describe()} selected none)")
+    return reports
 
-        plan = RecordPlan(
-            key=key,
-            labels=state.labels if CORRECTED_LABEL in state.questions else shape.labels,
-            metadata=shape.metadata,
-            fields=frozenset(state.fields),
-            questions=frozenset(state.questions),
-            metadata_names=frozenset(state.metadata),
+
+def _push_layout(conn: Connection, workspace, name: str, key: str, layout: str, df: pl.DataFrame,
+                 routed: pl.DataFrame, options: PushOptions, *, progress: Callable[[str], None],
+                 bar: Callable[[int], Callable[[int], None]] | None) -> PushReport | None:
+    """Push one layout's routed rows into its dataset; None when it has none and the dataset does not exist."""
+    import argilla as rg
+
+    unique = routed.unique(subset="id", keep="first", maintain_order=True)
+    duplicates = routed.height - unique.height
+    dataset = conn.dataset(name, workspace.name)
+    if dataset is not None:  # another push may be creating it right now: wait until it is published
+        dataset = _published(conn, name, workspace.name)
+    elif unique.height == 0:
+        return None
+    already = existing_ids(conn, dataset) if dataset is not None else set()
+    ids = [external_id(key, rid) for rid in unique["id"].to_list()]
+    new = unique.filter(pl.Series([i not in already for i in ids], dtype=pl.Boolean))
+
+    vectors = None
+    if options.vectors and new.height:
+        progress(f"embedding {new.height} rows for similarity search")
+        vectors = _embed(new, options.embedder, ("user",) if layout == CLASSIFICATION else ("user", "assistant"))
+    shape = TaskShape(
+        layout=layout if dataset is None else layout_of(dataset.settings),
+        labels=tuple(labels_of(df)),
+        metadata=tuple(metadata_columns(df)),
+        vector_dims=len(vectors[0]) if vectors else None,
+        overlap=options.overlap,
+        ask_decision=options.ask_decision,
+    )
+    created = dataset is None
+    if created:
+        mine = rg.Dataset(name=name, workspace=workspace, settings=build_settings(shape), client=conn.client)
+        theirs = _create(conn, mine)  # another push's, when it created the dataset first
+        created = theirs is None
+        dataset = mine if created else theirs
+        shape = replace(shape, layout=layout_of(dataset.settings))
+    if created:
+        state = Reconciled(
+            fields={f.name for f in dataset.settings.fields},
+            questions={q.name for q in dataset.settings.questions},
+            metadata={m.name for m in dataset.settings.metadata},
+            vectors=bool(vectors),
+            labels=shape.labels,
         )
-        send_vectors = bool(vectors) and state.vectors
-        batch_size = max(1, min(options.batch_size, MAX_BATCH))
-        advance = bar(new.height) if bar is not None else None
-        rows = prepare(new).iter_rows(named=True)
+    else:
+        state = reconcile(dataset, shape)
+    if shape.layout != layout:
+        state.notes.append(f"{name!r} has the {shape.layout} layout (made so before): the {layout} rows are sent "
+                           "in it")
 
-        def batch(start: int) -> list:
-            models = []
-            for offset in range(min(batch_size, new.height - start)):
-                payload = record_payload(next(rows), plan)
-                record = rg.Record(
-                    id=payload["id"],
-                    fields=payload["fields"],
-                    metadata=payload["metadata"],
-                    suggestions=[rg.Suggestion(q, value, agent=agent) for q, (value, agent) in payload["suggestions"].items()],
-                    vectors={VECTOR: vectors[start + offset]} if send_vectors else None,
-                )
-                record.dataset = dataset
-                models.append(record.api_model())
-            return models
+    plan = RecordPlan(
+        key=key,
+        layout=shape.layout,
+        labels=state.labels if CORRECTED_LABEL in state.questions else shape.labels,
+        metadata=shape.metadata,
+        fields=frozenset(state.fields),
+        questions=frozenset(state.questions),
+        metadata_names=frozenset(state.metadata),
+    )
+    send_vectors = bool(vectors) and state.vectors
+    batch_size = max(1, min(options.batch_size, MAX_BATCH))
+    advance = bar(new.height) if bar is not None else None
+    rows = prepare(new).iter_rows(named=True)
 
-        def send(models: list) -> int:
-            # What the SDK's `records.bulk_upsert` sends; it would also parse the records the
-            # server sends back into models, a fifth of this process's time, that nothing reads.
-            # A push of the same rows at the same time races on the records' unique key, and the
-            # loser's insert fails (500): the upsert is idempotent, so sending it again updates them.
-            items = {"items": [m.model_dump() for m in models]}
-            for attempt in range(SEND_ATTEMPTS):
-                response = conn.client.api.records.http_client.put(f"/api/v1/datasets/{dataset.id}/records/bulk", json=items)
-                if response.status_code < 500 or attempt == SEND_ATTEMPTS - 1:
-                    break
-                time.sleep(0.2 * (attempt + 1))
-            response.raise_for_status()  # an HTTPStatusError, which `argilla_errors` explains
-            return len(models)
+    def batch(start: int) -> list:
+        models = []
+        for offset in range(min(batch_size, new.height - start)):
+            payload = record_payload(next(rows), plan)
+            record = rg.Record(
+                id=payload["id"],
+                fields=payload["fields"],
+                metadata=payload["metadata"],
+                suggestions=[rg.Suggestion(q, value, score=score, agent=agent)
+                             for q, (value, agent, score) in payload["suggestions"].items()],
+                vectors={VECTOR: vectors[start + offset]} if send_vectors else None,
+            )
+            record.dataset = dataset
+            models.append(record.api_model())
+        return models
 
-        pushed = 0
-        # This process builds batch k+2 while the server stores k and reads k+1. A failed
-        # batch stops the push; running it again sends whatever did not arrive.
-        in_flight: deque[Future] = deque()
-        with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="push") as sender:
-            for start in range(0, new.height, batch_size):
-                models = batch(start)
-                if len(in_flight) == IN_FLIGHT:
-                    pushed += _sent(in_flight.popleft(), advance)
-                in_flight.append(sender.submit(send, models))
-            while in_flight:
+    def send(models: list) -> int:
+        # What the SDK's `records.bulk_upsert` sends; it would also parse the records the
+        # server sends back into models, a fifth of this process's time, that nothing reads.
+        # A push of the same rows at the same time races on the records' unique key, and the
+        # loser's insert fails (500): the upsert is idempotent, so sending it again updates them.
+        items = {"items": [m.model_dump() for m in models]}
+        for attempt in range(SEND_ATTEMPTS):
+            response = conn.client.api.records.http_client.put(f"/api/v1/datasets/{dataset.id}/records/bulk", json=items)
+            if response.status_code < 500 or attempt == SEND_ATTEMPTS - 1:
+                break
+            time.sleep(0.2 * (attempt + 1))
+        response.raise_for_status()  # an HTTPStatusError, which `argilla_errors` explains
+        return len(models)
+
+    pushed = 0
+    # This process builds batch k+2 while the server stores k and reads k+1. A failed
+    # batch stops the push; running it again sends whatever did not arrive.
+    in_flight: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="push") as sender:
+        for start in range(0, new.height, batch_size):
+            models = batch(start)
+            if len(in_flight) == IN_FLIGHT:
                 pushed += _sent(in_flight.popleft(), advance)
+            in_flight.append(sender.submit(send, models))
+        while in_flight:
+            pushed += _sent(in_flight.popleft(), advance)
 
     return PushReport(
         dataset=name,
@@ -267,6 +304,7 @@ def push(
         url=conn.url,
         dataset_url=f"{conn.url}/dataset/{dataset.id}/annotation-mode",
         created=created,
+        layout=shape.layout,
         rows=df.height,
         routed=routed.height,
         already=unique.height - new.height,

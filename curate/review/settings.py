@@ -1,19 +1,26 @@
-"""The Argilla dataset's settings for a task, and how an existing dataset is reused.
+"""The Argilla dataset's settings for a layout, and how an existing dataset is reused.
 
-A new dataset gets:
+A new dataset gets one of two layouts (see `mapping.row_layouts`):
 
-* fields `prompt` (chat), `response` (text) and, for classification, `label`;
-* questions `decision` (accept / reject, required), `rating` (1-5),
-  `corrected_response` (text) and, for classification with two classes or
-  more, `corrected_label`;
-* metadata properties for every filterable column (see `mapping.py`);
-* a vector field `embedding` when vectors are pushed;
-* the task distribution: a record is complete after `overlap` submissions.
+* classification: the field `text` and one label question, `corrected_label`
+  ("Label"), preselected with the row's own label; accept/reject
+  (`decision`) only when asked for (`ask_decision`), or when there are fewer
+  than two classes to choose from. Discard rejects;
+* chat: the fields `prompt` (the conversation) and `response`, and the
+  questions `decision` (accept / reject, required), `rating` (1-5),
+  `corrected_response` (text) and, when the chat rows carry two labels or more,
+  `corrected_label`;
+
+and for both: metadata properties for every filterable column (see
+`mapping.py`), a vector field `embedding` when vectors are pushed, and the task
+distribution (a record is complete after `overlap` submissions). The guidelines
+are written from the questions themselves, under the titles the UI shows.
 
 Argilla lets a published dataset gain metadata properties and vector fields
 and change its distribution, but not its fields or questions. So reusing a
-dataset adds what is missing where it can, and reports the rest (a field that
-is gone is not sent; a missing question gets no suggestion) instead of failing.
+dataset keeps its layout (a dataset with a `text` field is a classification
+one), adds what is missing where it can, and reports the rest (a field that is
+gone is not sent; a missing question gets no suggestion) instead of failing.
 """
 
 from __future__ import annotations
@@ -23,15 +30,17 @@ from typing import TYPE_CHECKING
 
 from curate.review.mapping import (
     ACCEPT,
+    CHAT,
+    CLASSIFICATION,
     CORRECTED_LABEL,
     CORRECTED_RESPONSE,
     DECISION,
-    LABEL,
     PROMPT,
     RATING,
     RATINGS,
     REJECT,
     RESPONSE,
+    TEXT,
     VECTOR,
     MetadataColumn,
 )
@@ -40,38 +49,83 @@ if TYPE_CHECKING:
     import argilla as rg
 
 FIXED_METADATA = (MetadataColumn("dataset", "terms"), MetadataColumn("source", "terms"), MetadataColumn("origin", "terms"))
+VECTOR_TITLE = "Meaning (sentence embedding)"
 
-GUIDELINES = """\
-Read the prompt and the response.
+# What the UI shows for each question, and what the guidelines (and the question's own tooltip) say about it.
+TITLES = {
+    DECISION: "Keep this example?",
+    RATING: "Quality (1 bad - 5 excellent)",
+    CORRECTED_RESPONSE: "Corrected response (edit in place)",
+    CORRECTED_LABEL: "Label",
+}
+HELP = {
+    (CHAT, DECISION): "*accept* if the example is correct and worth training on as it stands (or once you corrected "
+                      "it below); *reject* if it is wrong, harmful or useless.",
+    (CLASSIFICATION, DECISION): "*accept* if the text is worth training on with the label you leave selected; "
+                                "*reject* if it is not.",
+    (CHAT, RATING): "overall quality of the response, 1 (bad) to 5 (excellent).",
+    (CHAT, CORRECTED_RESPONSE): "it holds the response: edit it in place to fix it, leave it as it is otherwise.",
+    (CHAT, CORRECTED_LABEL): "the judge's class (else the row's own) is selected: pick the right class when it is "
+                             "wrong.",
+    (CLASSIFICATION, CORRECTED_LABEL): "the row's label is selected: keep it when it is right, pick the right class "
+                                       "when it is not, then Submit.",
+}
+READ = {CHAT: "Read the conversation and the response, then answer:",
+        CLASSIFICATION: "Read the text and check its label:"}
+ENDING = {
+    CHAT: "**Discard** (the button) counts as a rejection.\n\n"
+          "Suggestions (marked as such) come from an automatic judge or are the row as it is: check them, do not "
+          "trust them.",
+    CLASSIFICATION: "**Discard** (the button) drops the example: no class fits, or the text is not a useful example. "
+                    "**Submit** keeps it with the selected label.\n\n"
+                    "Metadata: `label_issue` true marks a row whose label the label checker doubts, `label_suggested` "
+                    "is the class it predicts, and the suggestion's score is the probability it gives the row's own "
+                    "label. Check them, do not trust them.",
+}
 
-* **decision**: *accept* if the example is correct and worth training on as it stands
-  (or once you corrected it below); *reject* if it is wrong, harmful or useless.
-  *Discard* (the button) counts as a rejection.
-* **rating**: overall quality, 1 (bad) to 5 (excellent).
-* **corrected_response**: edit the response in place to fix it; leave it as it is otherwise.
-* **corrected_label** (classification): the right class, when the given one is wrong.
 
-Suggestions (marked as such) come from an automatic judge: check them, do not trust them.
-"""
+def guidelines(layout: str, questions: list[str]) -> str:
+    """The guidelines of a layout, naming each of its questions by the title the UI shows."""
+    lines = [READ[layout], ""]
+    lines += [f"* **{TITLES[q]}**: {HELP[layout, q]}" for q in questions]
+    return "\n".join([*lines, "", ENDING[layout], ""])
 
 
 @dataclass(frozen=True)
 class TaskShape:
-    """What the dataset needs: its classes, filterable columns, vector size and overlap."""
+    """What the dataset needs: its layout, classes, filterable columns, vector size and overlap."""
 
+    layout: str = CHAT
     labels: tuple[str, ...] = ()
     metadata: tuple[MetadataColumn, ...] = ()
     vector_dims: int | None = None
     overlap: int | None = None  # None: a new dataset gets 1, an existing one keeps its own
+    ask_decision: bool = False  # classification: ask accept/reject besides the label
 
     @property
     def correctable_labels(self) -> bool:
-        """A corrected-label question needs two classes at least (Argilla refuses one option, and so would sense)."""
+        """A label question needs two classes at least (Argilla refuses one option, and so would sense)."""
         return len(self.labels) >= 2
+
+    def fields(self) -> tuple[str, ...]:
+        return (TEXT,) if self.layout == CLASSIFICATION else (PROMPT, RESPONSE)
+
+    def questions(self) -> list[str]:
+        """The layout's questions, in the order the UI shows them."""
+        label = [CORRECTED_LABEL] if self.correctable_labels else []
+        if self.layout == CLASSIFICATION:
+            decision = [DECISION] if self.ask_decision or not label else []
+            return [*label, *decision]
+        return [DECISION, RATING, CORRECTED_RESPONSE, *label]
 
     def all_metadata(self) -> list[MetadataColumn]:
         extra = [MetadataColumn("label", "terms")] if self.labels else []
         return [*FIXED_METADATA, *extra, *self.metadata]
+
+
+def layout_of(settings: "rg.Settings") -> str:
+    """An existing dataset's layout: classification when it has the `text` field, else chat."""
+    return CLASSIFICATION if TEXT in {f.name for f in settings.fields} else CHAT
 
 
 def _metadata_property(column: MetadataColumn) -> "rg.MetadataProperty":
@@ -84,30 +138,36 @@ def _metadata_property(column: MetadataColumn) -> "rg.MetadataProperty":
     return rg.TermsMetadataProperty(name=column.name)
 
 
+def _question(name: str, shape: TaskShape) -> "rg.QuestionType":
+    import argilla as rg
+
+    title, description = TITLES[name], HELP[shape.layout, name]
+    if name == DECISION:
+        return rg.LabelQuestion(name=name, title=title, description=description, labels=[ACCEPT, REJECT], required=True)
+    if name == RATING:
+        return rg.RatingQuestion(name=name, title=title, description=description, values=list(RATINGS), required=False)
+    if name == CORRECTED_RESPONSE:
+        return rg.TextQuestion(name=name, title=title, description=description, required=False)
+    return rg.LabelQuestion(name=name, title=title, description=description, labels=list(shape.labels),
+                            required=shape.layout == CLASSIFICATION)
+
+
 def build_settings(shape: TaskShape) -> "rg.Settings":
     """Settings for a new Argilla dataset."""
     import argilla as rg
 
-    fields = [
-        rg.ChatField(name=PROMPT, title="Prompt", required=False),
-        rg.TextField(name=RESPONSE, title="Response", required=True),
-    ]
-    questions = [
-        rg.LabelQuestion(name=DECISION, title="Keep this example?", labels=[ACCEPT, REJECT], required=True),
-        rg.RatingQuestion(name=RATING, title="Quality (1 bad - 5 excellent)", values=list(RATINGS), required=False),
-        rg.TextQuestion(name=CORRECTED_RESPONSE, title="Corrected response (edit in place)", required=False),
-    ]
-    if shape.labels:
-        fields.append(rg.TextField(name=LABEL, title="Label", required=False))
-    if shape.correctable_labels:
-        questions.append(
-            rg.LabelQuestion(name=CORRECTED_LABEL, title="Correct label", labels=list(shape.labels), required=False)
-        )
-    vectors = [rg.VectorField(name=VECTOR, dimensions=shape.vector_dims)] if shape.vector_dims else []
+    if shape.layout == CLASSIFICATION:
+        fields = [rg.TextField(name=TEXT, title="Text", required=True)]
+    else:
+        fields = [rg.ChatField(name=PROMPT, title="Conversation", required=False),
+                  rg.TextField(name=RESPONSE, title="Response", required=True)]
+    questions = shape.questions()
+    vectors = ([rg.VectorField(name=VECTOR, title=VECTOR_TITLE, dimensions=shape.vector_dims)]
+               if shape.vector_dims else [])
     return rg.Settings(
-        guidelines=GUIDELINES,
+        guidelines=guidelines(shape.layout, questions),
         fields=fields,
-        questions=questions,
+        questions=[_question(name, shape) for name in questions],
         metadata=[_metadata_property(c) for c in shape.all_metadata()],
         vectors=vectors,
         distribution=rg.TaskDistribution(min_submitted=shape.overlap or 1),
@@ -136,10 +196,10 @@ def reconcile(dataset: "rg.Dataset", shape: TaskShape) -> Reconciled:
         questions={q.name for q in settings.questions},
         metadata={m.name for m in settings.metadata},
     )
-    for name in (PROMPT, RESPONSE) + ((LABEL,) if shape.labels else ()):
+    for name in shape.fields():
         if name not in out.fields:
             out.notes.append(f"the Argilla dataset has no field {name!r}: it is not sent")
-    for name in (DECISION, RATING, CORRECTED_RESPONSE) + ((CORRECTED_LABEL,) if shape.correctable_labels else ()):
+    for name in shape.questions():
         if name not in out.questions:
             out.notes.append(f"the Argilla dataset has no question {name!r}: no suggestion for it")
     if CORRECTED_LABEL in out.questions:
@@ -165,7 +225,7 @@ def reconcile(dataset: "rg.Dataset", shape: TaskShape) -> Reconciled:
         if existing is None:
             import argilla as rg
 
-            settings.vectors.add(rg.VectorField(name=VECTOR, dimensions=shape.vector_dims))
+            settings.vectors.add(rg.VectorField(name=VECTOR, title=VECTOR_TITLE, dimensions=shape.vector_dims))
             out.changed.append(f"added the vector field {VECTOR!r} ({shape.vector_dims} dimensions)")
             out.vectors = changes = True
         elif existing.dimensions != shape.vector_dims:
