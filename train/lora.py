@@ -33,13 +33,14 @@ from train.distributed import SINGLE, World, join
 from train.errors import TrainError
 from train.split import stratified_split
 from train.tokenize import IGNORE, Encoded, auto_max_length, encode_all, truncate
+from train.tracking import Tracker, finish
 
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = Path("checkpoints") / "last"
 STATE_FILE = "trainer_state.pt"
 # Settings that do not change what a resumed run computes: they may differ between the runs
 # (on another number of devices a step still means the same).
-_RESUME_FREE = ("patience", "devices")
+_RESUME_FREE = ("patience", "devices", "report_to")
 
 
 @dataclass
@@ -109,14 +110,19 @@ def train_lora(
     and rank 0 alone writes.
     """
     world = join()
+    trackers: list[Tracker] = []  # _train opens it once the input is checked; closed here if the run fails
     try:
-        return _train(data, output_dir, config or LoraTrainConfig(), resume, progress, on_evaluate, world)
+        return _train(data, output_dir, config or LoraTrainConfig(), resume, progress, on_evaluate, world, trackers)
+    except BaseException as exc:
+        for tracker in trackers:
+            tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
         world.leave()
 
 
 def _train(data, output_dir, config: LoraTrainConfig, resume: bool, progress: bool,
-           on_evaluate: Callable[[Progress], None] | None, world: World) -> TrainResult:
+           on_evaluate: Callable[[Progress], None] | None, world: World, trackers: list[Tracker]) -> TrainResult:
     config.validate()
     output_dir = Path(output_dir)
     checkpoint = output_dir / CHECKPOINT_DIR
@@ -164,6 +170,11 @@ def _train(data, output_dir, config: LoraTrainConfig, resume: bool, progress: bo
         say(f"[yellow]note:[/] starting over; the checkpoint in {checkpoint} is replaced (--resume continues it)")
     if state.base_val_loss is None:
         state.base_val_loss = validation_loss(model, val_batches, device, world)
+    tracker = Tracker(output_dir, config.report_to if world.main else [], params=config.to_dict(),
+                      run_name=output_dir.resolve().name, resume=resume)
+    trackers.append(tracker)
+    if not resume:
+        tracker.log({"eval/val_loss": state.base_val_loss}, 0)
     if world.main:
         write_text(output_dir / "split.json", json.dumps({"train": prepared.train_ids, "validation": prepared.val_ids}) + "\n")
     world.barrier()
@@ -175,7 +186,7 @@ def _train(data, output_dir, config: LoraTrainConfig, resume: bool, progress: bo
         micro = length_grouped(lengths, micro_batch, seed=config.seed, epoch=epoch, factor=config.mega_batch_factor)
         steps = [micro[k : k + accumulation] for k in range(0, len(micro), accumulation)]
         for group in steps[done_in_epoch:]:
-            t0 = time.perf_counter()
+            t0, tokens0, lr = time.perf_counter(), state.tokens, optimizer.param_groups[0]["lr"]
             if world.distributed:
                 mine = world.shard(group, micro_batch)  # no rows for this rank: a forward that counts nothing
                 batches = [collate([prepared.train[i] for i in b], pad_id) for b in mine or [group[0][:1]]]
@@ -184,8 +195,11 @@ def _train(data, output_dir, config: LoraTrainConfig, resume: bool, progress: bo
                                   world=world, forward=forward, n_targets=n_targets, idle=not mine)
             else:
                 loss = train_step(model, [collate([prepared.train[i] for i in b], pad_id) for b in group], optimizer, scheduler, config, device, state)
-            state.train_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            state.train_seconds += seconds
             state.step += 1
+            tracker.log({"train/loss": loss, "train/learning_rate": lr,
+                         "train/tokens_per_s": (state.tokens - tokens0) / seconds if seconds else 0.0}, state.step)
             state.train_losses.append((state.step, loss))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
@@ -196,6 +210,7 @@ def _train(data, output_dir, config: LoraTrainConfig, resume: bool, progress: bo
                 if record_evaluation(state, val, steps_per_epoch, total_steps, config.patience):
                     best_weights = _adapter_weights(model)
                 bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}")
+                tracker.log({"eval/val_loss": val}, state.step)
                 save_checkpoint(checkpoint, model, optimizer, scheduler, state, best_weights, fingerprint, world)
                 if on_evaluate is not None:
                     on_evaluate(state)
@@ -229,6 +244,8 @@ def _train(data, output_dir, config: LoraTrainConfig, resume: bool, progress: bo
         total_steps=total_steps, tokens_trained=state.tokens,
     )
     manifest.metrics.update(metrics)
+    finish(tracker, state.step, {"final/best_val_loss": state.best_val_loss, "final/tokens_per_s": metrics["tokens_per_s"],
+                                 "final/best_step": state.best_step})
     for out in (adapter_dir, curves, output_dir / "split.json"):
         manifest.add_output(out)
     written = manifest.write(adapter_dir)
