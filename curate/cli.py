@@ -14,6 +14,7 @@ import polars as pl
 from curate import __version__
 from curate.atomic import sidecar
 from curate.console import SmallsetGroup, console
+from curate.library_log import verbose_option
 from curate.engine_cli import EngineChoice, engine_options
 from curate.explain import explain as explain_row
 from curate.layouts import LAYOUTS, Mapping
@@ -41,6 +42,7 @@ class CurateGroup(SmallsetGroup):
 
 @click.group(cls=CurateGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="curate")
+@verbose_option
 def main() -> None:
     """Curate small, high-quality datasets for fine-tuning.
 

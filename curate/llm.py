@@ -24,6 +24,7 @@ from typing import Any
 
 from curate.engines import UnsupportedError, check_request
 from curate.errors import SmallsetError
+from curate.library_log import to_log_file
 from curate.models import ResolvedModel, resolve_llm
 from curate.processes import guard_descendants
 
@@ -123,8 +124,13 @@ class LLMEngine:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        cuda, dtype, eager = device_settings(self.config.dtype, self.config.enforce_eager)
         guard_descendants()  # vLLM spawns its engine core and workers itself: they must die with this process
+        with to_log_file(f"vLLM engine for {self.model.path}") as self.log:
+            self._start()
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+
+    def _start(self) -> None:
+        cuda, dtype, eager = device_settings(self.config.dtype, self.config.enforce_eager)
         from vllm import LLM
 
         kwargs: dict[str, Any] = {"model": str(self.model.path), "max_model_len": self.config.max_model_len,
@@ -143,7 +149,6 @@ class LLMEngine:
                     "use a smaller model, a shorter --max-model-len, or a smaller KV cache (VLLM_CPU_KVCACHE_SPACE)"
                 ) from None
             raise
-        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
 
     def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig | list[SamplingConfig] | None = None,
              json_schema: dict | list[dict | None] | None = None, lora: tuple[str, int, str] | None = None,

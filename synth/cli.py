@@ -9,6 +9,7 @@ import click
 
 from curate import __version__
 from curate.console import SmallsetGroup, console
+from curate.library_log import verbose_option
 from curate.drops import write_drops
 from curate.engine_cli import EngineChoice, engine_options
 from curate.executor import EXECUTOR_ENV, EXECUTORS
@@ -19,6 +20,7 @@ from curate.writers import write_records
 
 @click.group(cls=SmallsetGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="synth")
+@verbose_option
 def main() -> None:
     """Generate synthetic task data with a local vLLM teacher.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +25,14 @@ def test_judge_scores_every_row_and_checks_labels(tmp_path):
     src = tmp_path / "rows.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "scored.parquet"
+    log = tmp_path / "library.log"
     proc = subprocess.run([CURATE, "score", str(src), "--judge", "--labels", "billing,technical,account,shipping",
-                           "-o", str(out)], capture_output=True, text=True, timeout=600)
+                           "-o", str(out)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "SMALLSET_LOG_FILE": str(log)})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # A quiet console: vLLM's start-up output (its engine process's too) is in the log, not on the terminal.
+    assert "vLLM engine for" in log.read_text() and "safetensors" in log.read_text()
+    assert "safetensors" not in proc.stderr and "Warning" not in proc.stderr.replace("warning:", "")
     scored = pl.read_parquet(out)
     assert scored.height == 4
     for name in ("correctness", "helpfulness", "format"):

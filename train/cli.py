@@ -15,6 +15,7 @@ from rich.console import Console
 from curate import __version__
 from curate.atomic import check_parents
 from curate.console import SmallsetGroup, console
+from curate.library_log import verbose_option
 from curate.errors import InputError
 from curate.layouts import LAYOUTS
 from train.config import MAX_EPOCHS, LoraTrainConfig
@@ -26,6 +27,7 @@ _D = LoraTrainConfig()  # the defaults that --help shows
 
 @click.group(cls=SmallsetGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="train")
+@verbose_option
 def main() -> None:
     """Fine-tune a LoRA adapter on an accepted set and compare it with the base model.
 

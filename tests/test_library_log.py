@@ -1,0 +1,51 @@
+"""Library noise goes to the log file, the parent's and its children's alike; --verbose keeps it on the console."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+SCRIPT = """
+import subprocess, sys
+from curate.library_log import to_log_file
+with to_log_file("a noisy library") as path:
+    print("parent noise", file=sys.stderr)
+    subprocess.run(["sh", "-c", "echo child noise >&2"])
+print("after the start", file=sys.stderr)
+print(path)
+"""
+
+
+def _run(env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_noise_goes_to_the_log_and_the_console_comes_back(tmp_path):
+    log = tmp_path / "logs" / "run.log"
+    env = {"SMALLSET_LOG_FILE": str(log), "SMALLSET_VERBOSE": ""}
+    proc = _run(env)
+    assert proc.stderr.splitlines() == ["after the start"]
+    text = log.read_text()
+    assert "parent noise" in text and "child noise" in text and "a noisy library" in text
+    _run(env)  # appended, one block per start
+    assert log.read_text().count("a noisy library") == 2
+
+
+def test_verbose_keeps_everything_on_the_console(tmp_path):
+    log = tmp_path / "run.log"
+    proc = _run({"SMALLSET_LOG_FILE": str(log), "SMALLSET_VERBOSE": "1"})
+    assert proc.stderr.splitlines() == ["parent noise", "child noise", "after the start"]
+    assert not log.exists() and proc.stdout.strip() == "None"
+
+
+def test_the_verbose_flag_of_every_cli_reaches_the_environment():
+    code = ("import os, click.testing\nfrom recipes.cli import main\n"
+            "r = click.testing.CliRunner().invoke(main, ['--verbose', 'check', '--help'])\n"
+            "assert r.exit_code == 0, r.output\nprint(os.environ.get('SMALLSET_VERBOSE'))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "SMALLSET_VERBOSE"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
