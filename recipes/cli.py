@@ -11,10 +11,12 @@ import click
 
 from curate import __version__
 from curate.console import SmallsetGroup, console
+from curate.library_log import verbose_option
 
 
 @click.group(cls=SmallsetGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="smallset")
+@verbose_option
 def main() -> None:
     """Run recipes: one YAML file from the objective to the trained adapter and its verdict.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from typing import Any
 
 from curate.atomic import write_text
 from curate.console import console
+from curate.library_log import LOG_ENV
 from curate.locks import FileLock, LockHeldError
 from recipes.commands import RunError, run_command
 from recipes.spec import Recipe
@@ -90,7 +92,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, from_stage: str | None = None, 
             raise RunError(f"{option} {stage}: this recipe's stages are {', '.join(names)}")
     if until_stage is not None:
         stages = stages[: names.index(until_stage) + 1]
-    with _locked(run_dir), _executor(recipe):
+    with _locked(run_dir), _executor(recipe), _library_log(run_dir):
         state = load_state(run_dir)
         state["recipe"] = str(recipe.path)
         if from_stage is not None:
@@ -132,13 +134,25 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, from_stage: str | None = None, 
 
 
 @contextlib.contextmanager
+def _library_log(run_dir: Path) -> Iterator[None]:
+    """One library log per run (vLLM's and torch's own output, `curate.library_log`): RUN/logs/run.log,
+    unless the user named one."""
+    if os.environ.get(LOG_ENV):
+        yield
+        return
+    os.environ[LOG_ENV] = str(Path(os.path.abspath(run_dir)) / "logs" / "run.log")
+    try:
+        yield
+    finally:
+        os.environ.pop(LOG_ENV, None)
+
+
+@contextlib.contextmanager
 def _executor(recipe: Recipe) -> Iterator[None]:
     """The recipe's executor for every command it runs (their --executor and --ray-* flags read these variables).
 
     Not part of a stage's key: an executor changes where the work runs, not what it produces.
     """
-    import os
-
     wanted = {"SMALLSET_EXECUTOR": recipe.executor, "RAY_ADDRESS": recipe.ray.address,
               "SMALLSET_RAY_WORKERS": None if recipe.ray.workers is None else str(recipe.ray.workers)}
     wanted = {k: v for k, v in wanted.items() if v is not None}
