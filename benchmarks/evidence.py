@@ -324,7 +324,7 @@ def step_argv(step: str, curate: str, source: Path, out: Path, test: Path, label
     if step == "decontaminate":
         return [*head, "--against", str(test)]
     if step == "filter":
-        return [*head, "--allowed-labels", ",".join(labels)]
+        return [*head, "--labels", ",".join(labels)]
     if step == "check-labels":
         return head
     if step == "select":

@@ -22,6 +22,7 @@ from curate.manifest import Manifest
 from curate.models import resolve_embedder, resolve_llm
 from curate.plugins import load, registered
 from curate.readers import read_records
+from curate.renamed_flags import renamed
 from curate.step_cli import executor_from_cli, executor_options, step_command
 from curate.writers import check_output, write_records, write_rejects
 
@@ -252,14 +253,18 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option("--permutations", type=int, default=100, show_default=True,
               help="Shuffles behind each permutation p-value (at least 1/alpha).")
 @click.option("--alpha", type=float, default=0.01, show_default=True, help="Significance level of every test.")
-@click.option("--auc-threshold", default="0.65", show_default=True, callback=_threshold, metavar="AUC|off",
+@renamed("--auc-threshold", "--max-auc")
+@click.option("--max-auc", "auc_threshold", default="0.65", show_default=True, callback=_threshold, metavar="AUC|off",
               help="Domain-classifier ROC AUC that is drift (with p < alpha).")
 @click.option("--mmd/--no-mmd", default=True, show_default=True, help="MMD test on the embeddings (drift when p < alpha).")
-@click.option("--label-js-threshold", default="0.1", show_default=True, callback=_threshold, metavar="JS|off",
+@renamed("--label-js-threshold", "--max-label-js")
+@click.option("--max-label-js", "label_js_threshold", default="0.1", show_default=True, callback=_threshold, metavar="JS|off",
               help="Jensen-Shannon distance of the label shares that is drift (with chi-square p < alpha).")
-@click.option("--length-ks-threshold", default="0.2", show_default=True, callback=_threshold, metavar="KS|off",
+@renamed("--length-ks-threshold", "--max-length-ks")
+@click.option("--max-length-ks", "length_ks_threshold", default="0.2", show_default=True, callback=_threshold, metavar="KS|off",
               help="KS statistic of the word counts that is drift (with p < alpha).")
-@click.option("--language-js-threshold", default="0.1", show_default=True, callback=_threshold, metavar="JS|off",
+@renamed("--language-js-threshold", "--max-language-js")
+@click.option("--max-language-js", "language_js_threshold", default="0.1", show_default=True, callback=_threshold, metavar="JS|off",
               help="Jensen-Shannon distance of the language shares that is drift (with chi-square p < alpha).")
 @click.option("--top-terms", type=int, default=10, show_default=True, help="Separating terms listed per side.")
 @click.option("--examples", type=int, default=5, show_default=True, help="CURRENT rows farthest from REFERENCE listed.")
@@ -267,7 +272,8 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every figure here, with a top-level \"drift\".")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="HTML report with the plots.")
 @click.option("--title", help="Title of the HTML report.")
-@click.option("--fail-on-drift", is_flag=True, help="Exit with status 3 when drift is found.")
+@renamed("--fail-on-drift", "--strict")
+@click.option("--strict", "fail_on_drift", is_flag=True, help="Exit with status 3 when drift is found (as `curate audit --strict`).")
 def drift(current: Path, reference: Path, fields: str, json_path: Path | None, output: Path | None, title: str | None,
           fail_on_drift: bool, **options) -> None:
     """Tell whether CURRENT drifted from REFERENCE: embeddings, labels, lengths, languages, and what changed.
@@ -307,7 +313,8 @@ main.add_command(audit_command, "audit")
 
 
 @main.command()
-@click.option("--llm", help="LLM spec: 'default', a local folder or a hub id (env SMALLSET_LLM).")
+@renamed("--llm", "--model")
+@click.option("--model", "llm", help="LLM spec: 'default', a local folder or a hub id (env SMALLSET_LLM).")
 @click.option("--embedder", help="Embedding model spec (env SMALLSET_EMBEDDER).")
 def models(llm: str | None, embedder: str | None) -> None:
     """Resolve the models every stage uses; converts the default LLM on first use.
@@ -315,7 +322,7 @@ def models(llm: str | None, embedder: str | None) -> None:
     \b
     Examples:
       curate models
-      curate models --llm HuggingFaceTB/SmolLM2-360M-Instruct --embedder ./models/bge-small
+      curate models --model HuggingFaceTB/SmolLM2-360M-Instruct --embedder ./models/bge-small
     """
     with console.status("resolving models (the first run converts the default LLM, about 30 s)"):
         resolved = [resolve_llm(llm), resolve_embedder(embedder)]

@@ -490,7 +490,6 @@ def run_drift(current: Path, reference: Path, config: DriftConfig, *, json_path:
               html_path: Path | None = None, title: str | None = None,
               parameters: dict[str, Any] | None = None) -> DriftReport:
     """Read both datasets, compare them, write the JSON and HTML reports with a manifest beside each."""
-    from curate.atomic import write_text
     from curate.manifest import Manifest
     from curate.models import resolve_embedder
     from curate.readers import read_records

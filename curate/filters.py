@@ -108,9 +108,10 @@ class Filter(Step):
     Kept rows gain filter_tokens (and filter_language with --languages).
 
     \b
-    Example:
+    Examples:
       curate filter deduped.parquet --max-tokens 1024 --languages en --min-score judge_score=3 \\
         --rule "has_label=label IS NOT NULL" -o filtered.parquet
+      curate filter reviewed.parquet --where "review_outcome <> 'rejected' AND origin = 'real'" -o kept.parquet
     """
 
     name = "filter"

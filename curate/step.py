@@ -35,7 +35,8 @@ class Option:
     `parse` turns the command-line value into the field's value (e.g. "a,b" -> ("a", "b")) and
     `cli_default` is what --help shows and the command starts from; `off` is the command-line
     value that means None (0 turns `--min-tokens` off); `dataset` marks a path the step reads
-    besides its input (`Step.prepare` reads it, the manifest lists it as an input).
+    besides its input (`Step.prepare` reads it, the manifest lists it as an input); `renamed_from`
+    lists old spellings that still work, hidden, for one release (`curate.renamed_flags`).
     """
 
     help: str
@@ -51,6 +52,7 @@ class Option:
     show_default: bool | str = True
     dataset: bool = False
     callback: Callable | None = None
+    renamed_from: tuple[str, ...] = ()
 
     def long(self, field_name: str) -> str:
         return (self.flag or "--" + field_name.replace("_", "-")).split("/")[0]

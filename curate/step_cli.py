@@ -24,6 +24,7 @@ from curate.executor import EXECUTOR_ENV, EXECUTORS, LOCAL, open_executor, using
 from curate.manifest import Manifest
 from curate.ray_cluster import ADDRESS_ENV, RayOptions
 from curate.readers import read_records
+from curate.renamed_flags import RenamedOption
 from curate.step import _UNSET, Step, StepResult, options, parameters, side_inputs
 from curate.writers import check_output, write_records
 
@@ -35,7 +36,9 @@ def step_command(step_class: type[Step]) -> click.Command:
         click.Option(["-o", "--output"], required=True, type=click.Path(path_type=Path),
                      help="Kept rows: .parquet or .jsonl."),
     ]
-    params += [_click_option(f, opt) for f, opt in options(step_class.Config)]
+    made = [(_click_option(f, opt), opt) for f, opt in options(step_class.Config)]
+    params += [param for param, _ in made]
+    params += [RenamedOption(old, param) for param, opt in made for old in opt.renamed_from]  # hidden old names
     params += executor_params()
 
     def callback(input: Path, output: Path, executor: str, ray_address: str | None, ray_workers: int | None,

@@ -93,4 +93,5 @@ def check(recipe_file: Path, run_dir: Path | None) -> None:
         entry, key = state.get(stage.name, {}), stage.key(folder)
         status = "done" if is_fresh(stage, entry, key) else entry.get("status", "to run") if entry.get("key") == key else "to run"
         console.print(f"{n:>2}. {stage.name:<{width}} {status:<8} {stage.what}", highlight=False, soft_wrap=True)
-    console.print(f"{recipe_file}: valid")
+    where = folder if folder.exists() else f"{folder}, where nothing ran yet"
+    console.print(f"{recipe_file}: valid; stages compared with the run folder {where}", highlight=False, soft_wrap=True)

@@ -3,7 +3,8 @@
 The commands are the single source of truth for option names, types and defaults: a recipe
 key is the option's long name without dashes (`score-column` or `score_column`), and its
 value is converted by the option's click type, so a wrong type or an unknown key fails
-while the recipe is validated, naming the key, not halfway through a run.
+while the recipe is validated, naming the key, not halfway through a run. A key under an
+option's old name (`num` for `size`, `curate.renamed_flags`) still works, with a note.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 import click
 
 from curate.errors import InputError
+from curate.renamed_flags import REMOVED_IN, RenamedOption
+
+_noted: set[str] = set()
 
 
 def command_args(command: click.Command, options: dict[str, Any], *, where: str, path,
@@ -24,20 +28,33 @@ def command_args(command: click.Command, options: dict[str, Any], *, where: str,
             for opt in param.opts + param.secondary_opts:
                 if opt.startswith("--"):
                     by_key[opt[2:]] = param
-            by_key.setdefault(param.name.replace("_", "-"), param)
+            if not isinstance(param, RenamedOption):
+                by_key.setdefault(param.name.replace("_", "-"), param)
     args: list[str] = []
     for raw_key, value in (options or {}).items():
         key = str(raw_key).replace("_", "-")
         param = by_key.get(key)
         field = f"{where}.{raw_key}"
+        if isinstance(param, RenamedOption):
+            param = _renamed(param, path, field)
         if param is None or param.name in {"help"}:
             known = sorted({p.opts[-1].lstrip("-") for p in command.params if isinstance(p, click.Option)
-                            and p.name not in reserved + ("help",)})
+                            and p.name not in reserved + ("help",) and not p.hidden})
             raise InputError(path, f"'{command.name}' has no option '{raw_key}'; its options: {', '.join(known)}", field=field)
         if param.name in reserved:
             raise InputError(path, f"'{raw_key}' is set by the recipe runner, not in the recipe", field=field)
         args += _render(param, value, path=path, field=field)
     return args
+
+
+def _renamed(param: RenamedOption, path, field: str) -> click.Option:
+    """The option an old key stands for; a note on stderr, once per key."""
+    old, new = param.opts[0][2:], param.new_flag[2:]
+    note = f"note: {path}, field '{field}': '{old}' is now '{new}'; the old key goes in {REMOVED_IN}"
+    if note not in _noted:
+        _noted.add(note)
+        click.echo(note, err=True)
+    return param.target
 
 
 def _render(param: click.Option, value: Any, *, path, field: str) -> list[str]:

@@ -15,6 +15,7 @@ from curate.engine_cli import EngineChoice, engine_options
 from curate.executor import EXECUTOR_ENV, EXECUTORS
 from curate.llm import SamplingConfig
 from curate.manifest import Manifest
+from curate.renamed_flags import renamed
 from curate.writers import write_records
 
 
@@ -61,7 +62,8 @@ def prompt(text: tuple[str, ...], system: str | None, model: str | None, max_tok
 @main.command()
 @click.argument("task_file", metavar="TASK.yaml", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Generated records: .parquet or .jsonl.")
-@click.option("-n", "--num", type=int, help="Samples to generate (overrides the task's n).")
+@renamed("--num", "--size")
+@click.option("-n", "--size", "num", type=int, help="Samples to generate (overrides the task's n), as `curate select -n`.")
 @click.option("--model", help="Teacher model spec (default: packaged SmolLM2-135M-Instruct).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per engine call (and per durable save).")
 @click.option("--structured/--no-structured", default=True, show_default=True, help="JSON-schema structured output.")
@@ -102,7 +104,7 @@ def generate(task_file: Path, output: Path, num: int | None, model: str | None, 
     task = load_task(task_file)
     if num is not None:
         if num < 1:
-            raise click.BadParameter("must be at least 1", param_hint="--num")
+            raise click.BadParameter("must be at least 1", param_hint="--size")
         task.n = num
     manifest = Manifest("synth generate", parameters={"task": task.name, "n": task.n, "strategy": task.strategy,
                                                       "structured": structured, "batch_size": batch_size,

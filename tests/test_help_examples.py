@@ -112,3 +112,59 @@ def test_the_example_reader_sees_a_broken_example():
     leaf, _, rest = _leaf(shlex.split(line))
     with pytest.raises(click.NoSuchOption):
         leaf.make_context("curate ingest", rest, resilient_parsing=False)
+
+
+def _groups(command: click.Command, path: tuple[str, ...]):
+    if isinstance(command, click.Group):
+        yield path, command
+        ctx = click.Context(command, info_name=path[-1])
+        for name in command.list_commands(ctx):
+            yield from _groups(command.get_command(ctx, name), (*path, name))
+
+
+def test_every_flag_a_help_text_names_is_a_flag_a_command_shows():
+    """Prose rots too: a help text (a command's, a group's or an option's) that names a flag names one that some
+    command shows in its --help, not a removed or renamed one (old names are hidden, `curate.renamed_flags`)."""
+    import re
+
+    everything = [*COMMANDS, *(group for name, cli in CLIS.items() for group in _groups(cli, (name,)))]
+    shown = {opt for _, command in everything for p in command.params if isinstance(p, click.Option) and not p.hidden
+             for opt in p.opts + p.secondary_opts}
+    stale = []
+    for path, command in everything:
+        texts = [command.help or ""] + [p.help or "" for p in command.params if isinstance(p, click.Option)]
+        stale += [(" ".join(path), flag) for text in texts for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)
+                  if flag not in shown]
+    assert stale == []
+
+
+def _readme_lines() -> list[str]:
+    """The command lines of the README's code blocks (continuations joined, comments cut)."""
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    lines, inside = [], False
+    for line in readme.read_text().replace("\\\n", " ").splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif inside and line.split(" #")[0].split()[:1] and line.split()[0] in CLIS:
+            lines.append(line.split(" #")[0].strip())
+    return lines
+
+
+def test_every_command_line_of_the_readme_parses(tmp_path, monkeypatch):
+    """The README's examples are held to the real commands too (a renamed flag's old name counts as stale)."""
+    lines = _readme_lines()
+    assert len(lines) >= 20  # the reader finds them
+    monkeypatch.chdir(tmp_path)
+    failed = []
+    for line in lines:
+        leaf, leaf_path, rest = _leaf(shlex.split(line))
+        _make_paths(rest, tmp_path)
+        hidden = [a.split("=")[0] for a in rest for p in leaf.params
+                  if isinstance(p, click.Option) and p.hidden and a.split("=")[0] in p.opts]
+        try:
+            leaf.make_context(" ".join(leaf_path), list(rest), resilient_parsing=False)
+        except click.ClickException as exc:
+            failed.append(f"{line}: {exc.format_message()}")
+        else:
+            failed += [f"{line}: {flag} is an old name" for flag in hidden]
+    assert failed == []

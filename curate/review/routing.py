@@ -32,11 +32,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from curate.conditions import ConditionError, condition_mask
+from curate.conditions import ConditionError, condition_mask, is_synthetic
 from curate.errors import SmallsetError
 
 POLICIES = ("all", "borderline", "audit", "synthetic", "suspects", "filter")
-SYNTH_SOURCE_PREFIX = "synth"
 FLAG_COLUMNS = ("label_issue", "label_conflict")  # boolean columns curate steps set on rows they keep but doubt
 
 
@@ -85,13 +84,6 @@ def parse_band(text: str) -> tuple[float, float]:
     return low, high
 
 
-def is_synthetic() -> pl.Expr:
-    """Rows that `synth generate` made: source 'synth:<task>' or a `synth` key in meta."""
-    from_source = pl.col("source").fill_null("").str.starts_with(SYNTH_SOURCE_PREFIX)
-    from_meta = pl.col("meta").fill_null("{}").str.json_path_match("$.synth").is_not_null()
-    return from_source | from_meta
-
-
 def is_suspect(df: pl.DataFrame) -> pl.Expr:
     """Synthetic rows, and rows with a curation flag (FLAG_COLUMNS) set."""
     suspect = is_synthetic()
@@ -126,9 +118,7 @@ def route(df: pl.DataFrame, policy: Route) -> pl.DataFrame:
 
 
 def _where(df: pl.DataFrame, text: str) -> pl.Series:
-    if "origin" not in df.columns:  # the metadata value the UI filters on, usable here too
-        df = df.with_columns(pl.when(is_synthetic()).then(pl.lit("synthetic")).otherwise(pl.lit("real")).alias("origin"))
-    try:
+    try:  # `origin`, the metadata value the UI filters on, is usable here too (curate.conditions)
         return condition_mask(df, text)
     except ConditionError as exc:
         raise RoutingError(f"--where {text!r} {exc}") from None

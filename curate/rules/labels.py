@@ -20,8 +20,10 @@ class AllowedLabels(Rule):
     @dataclass
     class Options:
         allowed_labels: tuple[str, ...] | None = option(None, "Comma-separated labels to keep; unlabelled rows are "
-                                                        "dropped too. [default: any]", type=str, parse=csv)
-        """Keep only rows labelled with one of these; a missing label is dropped too. None: any label."""
+                                                        "dropped too. [default: any]", type=str, parse=csv,
+                                                        flag="--labels", renamed_from=("--allowed-labels",))
+        """Keep only rows labelled with one of these; a missing label is dropped too. None: any label. On the
+        command line `--labels`, the label set as `curate score` and `train eval` take it."""
 
     def enabled(self) -> bool:
         return self.config.allowed_labels is not None

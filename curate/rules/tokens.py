@@ -36,9 +36,10 @@ class Tokens(Rule):
         train with; the chat template adds a few tokens per turn on top, so leave headroom below your
         training max length."""
         tokenizer: str | None = option(None, "Model whose tokenizer counts tokens (default: the student LLM, env "
-                                       "SMALLSET_LLM).")
+                                       "SMALLSET_LLM).", flag="--model", renamed_from=("--tokenizer",))
         """Model spec whose tokenizer counts tokens (`resolve_llm`): None/'default' = the student model
-        (SmolLM2-135M-Instruct), a local folder, or a cached hub id."""
+        (SmolLM2-135M-Instruct), a local folder, or a cached hub id. On the command line `--model`, as in
+        `train lora` (the old `--tokenizer` works for one more release)."""
 
     def enabled(self) -> bool:
         return self.config.min_tokens is not None or self.config.max_tokens is not None

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from curate.conditions import with_condition_columns
 from curate.rules import Batch, Outcome, Rule, split_pair
 from curate.step import option
 
@@ -49,8 +50,8 @@ class UserRule:
     def keep(self, df: pl.DataFrame) -> pl.Series:
         """The rule's verdict per row: True = keep; null counts as false."""
         if self.expr is not None:
-            try:
-                keep = df.select(pl.sql_expr(self.expr).alias("keep")).to_series()
+            try:  # the columns a condition may name, `origin` among them, as `review push --where` sees them
+                keep = with_condition_columns(df, self.expr).select(pl.sql_expr(self.expr).alias("keep")).to_series()
             except Exception as exc:
                 raise ValueError(f"rule '{self.name}': cannot evaluate {self.expr!r}: {exc}") from None
             if keep.len() == 1 and df.height != 1:  # a constant expression
@@ -109,8 +110,8 @@ class UserRules(Rule):
             flag="--rule-callable", multiple=True, metavar="NAME=MODULE:FUNCTION", parse=_callables)
         """More user rules, from the command line's --rule-callable; checked after `rules`."""
         where: str | None = option(
-            None, "Keep rows where this polars SQL expression holds, as `review push --where` picks them, e.g. "
-            "\"review_outcome <> 'rejected'\" (dropped as rule:where).", metavar="SQL")
+            None, "Keep rows where this polars SQL expression holds, as `review push --where` picks them (`origin` is "
+            "synthetic or real there too), e.g. \"review_outcome <> 'rejected'\" (dropped as rule:where).", metavar="SQL")
         """One unnamed rule (reason `rule:where`), in the syntax of `review push --where`: checked first."""
 
     @property
