@@ -98,10 +98,9 @@ _LORA_OPTIONS = [
     click.option("--seed", type=int, default=_D.seed, help="Seed for the adapter's init, the split, data order and dropout."),
     click.option("--qlora", is_flag=True, help="Load the base model in 4-bit (bitsandbytes); needs a CUDA GPU."),
     click.option("--report-to", "report_to", multiple=True, metavar="NAME[,NAME]",
-                 help="Log loss, learning rate, tokens/s and validation loss to tensorboard (OUTPUT/tensorboard), "
-                      "mlflow (OUTPUT/mlruns, or MLFLOW_TRACKING_URI) and/or trackio (its local store, TRACKIO_DIR; "
-                      "project smallset); repeatable or comma-separated; `train eval` adds its final metrics to the "
-                      "same run.  [default: none]"),
+                 help="Log loss, learning rate, tokens/s and validation loss to tensorboard (OUTPUT/tensorboard) and/or "
+                      "mlflow (OUTPUT/mlruns, or MLFLOW_TRACKING_URI); repeatable or comma-separated; `train eval` "
+                      "adds its final metrics to the same run.  [default: none]"),
 ]
 
 

@@ -107,9 +107,8 @@ class LoraTrainConfig:
     Without a GPU, N gloo processes share the CPU: for testing, not faster."""
 
     report_to: list[str] = field(default_factory=list)
-    """Experiment trackers that get the curves (`train.tracking`): tensorboard, mlflow, trackio; none by
-    default. Offline: TensorBoard event files in OUT/tensorboard, an MLflow file store in OUT/mlruns, a
-    run in trackio's local store (TRACKIO_DIR)."""
+    """Experiment trackers that get the curves (`train.tracking`): tensorboard, mlflow; none by default.
+    Offline: TensorBoard event files in OUT/tensorboard, an MLflow file store in OUT/mlruns."""
 
     def __post_init__(self) -> None:
         self.validate()

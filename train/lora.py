@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from curate.atomic import atomic_path, write_text
 from curate.console import console
-from curate.library_log import to_log_file
 from curate.manifest import Manifest, manifest_path
 from curate.models import ResolvedModel, resolve_llm
 from train.batches import by_length, collate, length_grouped
@@ -345,8 +344,7 @@ def load_model(resolved: ResolvedModel, config: LoraTrainConfig, device: torch.d
     if config.qlora:
         kwargs.update(quantization_config=_bnb_config(), device_map={"": device.index or 0})
     try:
-        with to_log_file(f"the base model {resolved.path}"):  # transformers' loading bar and notices
-            model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
     except Exception as exc:
         raise TrainError(f"could not load a causal language model from {resolved.path}: {exc}") from None
     if config.qlora:
