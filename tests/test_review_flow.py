@@ -33,6 +33,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -386,6 +388,32 @@ def test_concurrent_pushes_of_the_same_rows_both_succeed(review):
         dataset = review.owner().datasets(name=name, workspace="smallset")
         external = [record.id for record in dataset.records]
         assert sorted(external) == sorted(f"race:{rid}" for rid in ids_of(data)), trial  # each once
+
+
+def test_simultaneous_creations_of_one_dataset_all_get_it(review):
+    """Creations that race past the server's name check: the losers' POSTs fail on the database's unique
+    constraint (a 500, not a 409; CI of stop 25); each must get the winner's dataset, and none may delete it."""
+    from curate.review.client import Connection
+    from curate.review.settings import TaskShape, build_settings
+    from curate.review.push import _create
+
+    shape = TaskShape(overlap=1)
+    for trial in range(3):
+        name, start = f"created-{trial}", threading.Barrier(6)
+
+        def create(_: int):
+            client = review.owner()
+            conn = Connection(client, review.url)
+            mine = rg.Dataset(name=name, workspace=conn.workspace("smallset", create=True),
+                              settings=build_settings(shape), client=client)
+            start.wait()
+            theirs = _create(conn, mine)
+            return (mine if theirs is None else theirs).id
+
+        with ThreadPoolExecutor(6) as pool:
+            ids = list(pool.map(create, range(6)))  # a failed creation raises here
+        assert len(set(ids)) == 1, trial
+        assert review.owner().datasets(name=name, workspace="smallset").id == ids[0]
 
 
 def test_two_datasets_in_one_argilla_dataset_keep_their_records(review):

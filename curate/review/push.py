@@ -118,20 +118,37 @@ def _embed(df: pl.DataFrame, embedder: str | None, fields: tuple[str, ...]) -> l
 def _create(conn: Connection, dataset: "rg.Dataset") -> "rg.Dataset | None":
     """Create and publish the dataset; a failed step removes what it left (a draft would block the next push).
 
-    When another push created it first (two pushes at once: 409), nothing is removed: that push's
-    dataset is returned once it is published, and this push adds its records to it. None: created here.
+    When another push created it first (two pushes at once), nothing is removed: that push's dataset
+    is returned once it is published, and this push adds its records to it. None: created here.
+    The server says so with a 409 when it saw the other dataset, or, when both inserts raced past
+    its name check, with a 500 from the database's unique constraint: either way this push's POST
+    made nothing (the SDK sets the id only when it succeeds), and the name is taken.
     """
     try:
         dataset.create()
         return None
     except BaseException as exc:
-        if getattr(exc, "status_code", None) == 409 or "ConflictError" in {c.__name__ for c in type(exc).__mro__}:
+        conflict = getattr(exc, "status_code", None) == 409 or "ConflictError" in {c.__name__ for c in type(exc).__mro__}
+        if conflict or (dataset.id is None and isinstance(exc, Exception) and _exists(conn, dataset)):
             return _published(conn, dataset.name, dataset.workspace.name)
+        if dataset.id is None:  # nothing was made here: whatever has the name is not this push's to remove
+            raise
         with contextlib.suppress(Exception):
             left = conn.dataset(dataset.name, dataset.workspace.name)
             if left is not None:
                 left.delete()
         raise
+
+
+def _exists(conn: Connection, dataset: "rg.Dataset") -> bool:
+    """Whether a dataset of that name is there now (asked again once if the server dropped the connection,
+    as it does after the error a lost race gives)."""
+    import httpx
+
+    try:
+        return conn.dataset(dataset.name, dataset.workspace.name) is not None
+    except httpx.TransportError:
+        return conn.dataset(dataset.name, dataset.workspace.name) is not None
 
 
 def _published(conn: Connection, name: str, workspace: str, timeout_s: float = 60.0) -> "rg.Dataset":
