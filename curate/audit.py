@@ -85,6 +85,8 @@ import polars as pl
 
 from curate.drift import _fmt, _short
 from curate.errors import InputError
+from curate.renamed_flags import renamed
+from curate.report_options import report_options
 from curate.step import jsonable
 from curate.text import DEFAULT_NORMALIZATION, field_text, is_classification, match_text
 
@@ -752,7 +754,8 @@ def render_html(report: AuditReport, title: str) -> str:
               help="A column or meta key whose coverage is measured (repeatable); synth axes are always measured.")
 @click.option("--terms", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Identity-term file (YAML, group: [[a, b], ...]) instead of the default list.")
-@click.option("--task", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@renamed("--task", "--task-spec")
+@click.option("--task-spec", "task", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="TASK.yaml",
               help="The synth task spec whose axes are the coverage target. [default: found through DATA's manifests]")
 @click.option("--fields", default="auto", show_default=True,
               help="Text compared: comma-separated system/user/assistant/label; auto: user for classification rows, "
@@ -782,10 +785,7 @@ def render_html(report: AuditReport, title: str) -> str:
 @click.option("--max-pii-replay", type=int, default=0, show_default=True, help="privacy: most PII values of REAL replayed.")
 @click.option("--max-rows", type=int, default=2000, show_default=True, help="Rows of each side compared (a seeded sample).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples, the holdout and the folds.")
-@click.option("--embedder", help="Embedding model spec (default: packaged all-MiniLM-L6-v2).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every figure here, with a top-level \"flagged\".")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="HTML report with the plots.")
-@click.option("--title", help="Title of the HTML report.")
+@report_options('every figure, with a top-level "flagged"')
 @click.option("--fail-on", "fail_on", multiple=True, type=click.Choice(FINDINGS), metavar="FINDING",
               help=f"Exit with status 3 when this finding is raised (repeatable): {', '.join(FINDINGS)}.")
 @click.option("--strict", is_flag=True, help="Exit with status 3 when any finding is raised.")
@@ -808,6 +808,8 @@ def command(data: Path, against: Path | None, slices: tuple[str, ...], fields: s
       curate audit train.parquet --terms my_terms.yaml --strict
     """
     from curate.console import console
+    from curate.drift import json_default
+    from curate.report_options import echo_json, file_path, to_stdout
     from curate.text import parse_fields_or_auto
 
     try:
@@ -815,12 +817,14 @@ def command(data: Path, against: Path | None, slices: tuple[str, ...], fields: s
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     with console.status(f"auditing {data}"):
-        report = run_audit(data, config, against=against, json_path=json_path, html_path=output, title=title,
+        report = run_audit(data, config, against=against, json_path=file_path(json_path), html_path=output, title=title,
                            parameters={"against": against and str(against), "json": json_path and str(json_path),
                                        "output": output and str(output), "fail_on": list(fail_on), "strict": strict})
     for line in summary_lines(report):
         console.print(line, style="bold red" if line.startswith("  - ") else None, highlight=False, markup=False)
-    for path in (json_path, output):
+    if to_stdout(json_path):
+        echo_json(report.figures, default=json_default)
+    for path in (file_path(json_path), output):
         if path is not None:
             console.print(f"[green]wrote[/] {path}")
     wanted = set(FINDINGS) if strict else set(fail_on)

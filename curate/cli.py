@@ -22,6 +22,7 @@ from curate.manifest import Manifest
 from curate.models import resolve_embedder, resolve_llm
 from curate.plugins import load, registered
 from curate.readers import read_records
+from curate.report_options import report_options
 from curate.renamed_flags import renamed
 from curate.step_cli import executor_from_cli, executor_options, step_command
 from curate.writers import check_output, write_records, write_rejects
@@ -268,10 +269,7 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: str | None) ->
               help="Jensen-Shannon distance of the language shares that is drift (with chi-square p < alpha).")
 @click.option("--top-terms", type=int, default=10, show_default=True, help="Separating terms listed per side.")
 @click.option("--examples", type=int, default=5, show_default=True, help="CURRENT rows farthest from REFERENCE listed.")
-@click.option("--embedder", help="Embedding model spec (default: packaged all-MiniLM-L6-v2).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every figure here, with a top-level \"drift\".")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="HTML report with the plots.")
-@click.option("--title", help="Title of the HTML report.")
+@report_options('every figure, with a top-level "drift"')
 @renamed("--fail-on-drift", "--strict")
 @click.option("--strict", "fail_on_drift", is_flag=True, help="Exit with status 3 when drift is found (as `curate audit --strict`).")
 def drift(current: Path, reference: Path, fields: str, json_path: Path | None, output: Path | None, title: str | None,
@@ -287,7 +285,8 @@ def drift(current: Path, reference: Path, fields: str, json_path: Path | None, o
     Example:
       curate drift new_tickets.jsonl --against runs/support-tickets/review/accepted.parquet --json drift.json -o drift.html
     """
-    from curate.drift import DriftConfig, run_drift, summary_lines
+    from curate.drift import DriftConfig, json_default, run_drift, summary_lines
+    from curate.report_options import echo_json, file_path, to_stdout
     from curate.text import parse_fields_or_auto
 
     try:
@@ -295,12 +294,14 @@ def drift(current: Path, reference: Path, fields: str, json_path: Path | None, o
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     with console.status(f"comparing {current} with {reference}"):
-        result = run_drift(current, reference, config, json_path=json_path, html_path=output, title=title,
+        result = run_drift(current, reference, config, json_path=file_path(json_path), html_path=output, title=title,
                            parameters={"against": str(reference), "json": json_path and str(json_path),
                                        "output": output and str(output), "title": title, "fail_on_drift": fail_on_drift})
     for line in summary_lines(result):
         console.print(line, style="bold red" if line.startswith("DRIFT") else None, highlight=False, markup=False)
-    for path in (json_path, output):
+    if to_stdout(json_path):
+        echo_json(result.figures, default=json_default)
+    for path in (file_path(json_path), output):
         if path is not None:
             console.print(f"[green]wrote[/] {path}")
     if fail_on_drift and result.drift:

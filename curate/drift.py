@@ -528,7 +528,7 @@ def write_reports(manifest: Any, figures: dict[str, Any], json_path: Path | None
     from curate.atomic import write_text
 
     if json_path is not None:
-        write_text(json_path, json.dumps(figures, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+        write_text(json_path, json.dumps(figures, indent=2, ensure_ascii=False, default=json_default) + "\n")
     if html_path is not None:
         write_text(html_path, render())
     outputs = [p for p in (json_path, html_path) if p is not None]
@@ -641,7 +641,7 @@ def _short(text: str, width: int = _TEXT_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from curate.executor import current as current_executor
+from curate.library_log import to_log_file
 from curate.manifest import content_hash
 from curate.models import DEFAULT_EMBEDDER_NAME, ResolvedModel, cache_dir, is_static_model, resolve_embedder
 
@@ -348,7 +349,8 @@ def _encoder(resolved: ResolvedModel, identity: str, stats: EmbedStats):
             else:
                 from sentence_transformers import SentenceTransformer
 
-                encoder = _encoders[key] = SentenceTransformer(str(resolved.path), device="cpu")
+                with to_log_file(f"the embedder {resolved.path}"):  # transformers' loading bar and notices
+                    encoder = _encoders[key] = SentenceTransformer(str(resolved.path), device="cpu")
             stats.loaded_encoder = True
     return encoder
 

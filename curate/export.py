@@ -23,6 +23,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import click
+
+from curate.renamed_flags import renamed
 import polars as pl
 
 from curate.atomic import atomic_path, check_parents, write_text
@@ -217,7 +219,7 @@ def convert_all(df: pl.DataFrame, config: ExportConfig, path: Path) -> Converted
     if split_name is None and keeps_splits and (DEFAULT_SPLIT_COLUMN in df.columns or _meta_has(df, DEFAULT_SPLIT_COLUMN)):
         split_name = DEFAULT_SPLIT_COLUMN
     split_of = _column_getter(df, split_name, path, "--split-by") if split_name else None
-    keepers = {name: _column_getter(df, name, path, "--keep") for name in config.keep}
+    keepers = {name: _column_getter(df, name, path, "--keep-column") for name in config.keep}
     out = Converted(splits=[] if split_of else None)
     ids = df["id"].to_list()
     for i, messages in enumerate(df["messages"].to_list()):
@@ -228,7 +230,7 @@ def convert_all(df: pl.DataFrame, config: ExportConfig, path: Path) -> Converted
             continue
         for name, get in keepers.items():
             if name in row:
-                raise InputError(path, f"--keep {name}: the {config.rows} layout has a field of that name")
+                raise InputError(path, f"--keep-column {name}: the {config.rows} layout has a field of that name")
             row[name] = get(i)
         if split_of is not None:
             split = split_of(i)
@@ -501,7 +503,8 @@ def _iter_counts(manifest: Manifest) -> Iterator[str]:
                    "counted, in OUT.drops.parquet.")
 @click.option("--split-by", metavar="COLUMN",
               help="Column or meta key naming each row's split: a DatasetDict (default: 'split' when present).")
-@click.option("--keep", multiple=True, metavar="COLUMN", help="Also copy this column or meta key into every row (repeatable).")
+@renamed("--keep", "--keep-column")  # `curate dedup --keep` picks a cluster's survivor
+@click.option("--keep-column", "keep", multiple=True, metavar="COLUMN", help="Also copy this column or meta key into every row (repeatable).")
 @click.option("--push-to-hub", metavar="REPO", help="Also push to this hub dataset repo (needs HF_TOKEN and the network).")
 @click.option("--private", is_flag=True, help="With --push-to-hub: a private dataset.")
 @click.option("--axolotl-config", type=click.Path(path_type=Path), help="Write the Axolotl datasets: entry (YAML) here.")

@@ -5,7 +5,8 @@ vLLM, torch and Triton write notices, deprecation warnings and C++ warnings (som
 engine-core process vLLM spawns, which Python logging cannot reach) to the same terminal.
 `to_log_file()` points file descriptor 2 at the log while a library starts, so whatever it and the
 processes it spawns write there lands in the file; the console gets it back afterwards. The
-engine's processes keep writing to the log for as long as they live.
+engine's processes keep writing to the log for as long as they live, and the libraries' loggers
+(vLLM's shutdown and per-request notices, transformers' warnings) stay pointed at it afterwards.
 
 Where: `$SMALLSET_LOG_FILE` (the recipe runner sets one per stage: RUN/logs/STAGE.log), else
 the smallset cache's `logs/COMMAND.log`; appended, each block headed with the time and command.
@@ -15,14 +16,19 @@ the smallset cache's `logs/COMMAND.log`; appended, each block headed with the ti
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 LOG_ENV = "SMALLSET_LOG_FILE"
 VERBOSE_ENV = "SMALLSET_VERBOSE"
+# Libraries whose loggers write to the console from their own handlers, during start-up and after it.
+LIBRARY_LOGGERS = ("vllm", "transformers", "peft", "torch")
+_streams: dict[Path, TextIO] = {}
 
 
 def verbose() -> bool:
@@ -72,10 +78,38 @@ def to_log_file(what: str) -> Iterator[Path | None]:
     sys.stderr.flush()
     saved = os.dup(2)
     os.dup2(log.fileno(), 2)
+    _route_loggers(path)
     try:
         yield path
     finally:
+        _route_loggers(path)  # the handlers a library set up inside the block
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
         log.close()
+
+
+def _route_loggers(path: Path) -> None:
+    """Point the libraries' console handlers at the log for the rest of the command.
+
+    vLLM's handler writes to stdout by default and keeps a reference to the console's stream, so
+    moving file descriptor 2 alone does not reach what it logs after start-up; its formatting stays."""
+    stream = _streams.get(path)
+    if stream is None or stream.closed:
+        stream = _streams[path] = open(path, "a", buffering=1, encoding="utf-8")
+    for name in LIBRARY_LOGGERS:
+        if name not in logging.Logger.manager.loggerDict:
+            continue
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler and _on_console(handler.stream):
+                handler.setStream(stream)
+
+
+def _on_console(stream) -> bool:
+    """A terminal stream (or a log's, from an earlier block); not one a test harness captures logs in."""
+    if stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) or stream in _streams.values():
+        return True
+    try:
+        return stream.fileno() in (1, 2)
+    except (AttributeError, OSError, ValueError):  # StringIO and the like
+        return False

@@ -123,6 +123,7 @@ class LLMEngine:
         self.model: ResolvedModel = resolve_llm(self.config.model)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # notices, not results: stdout stays clean
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         guard_descendants()  # vLLM spawns its engine core and workers itself: they must die with this process
         with to_log_file(f"vLLM engine for {self.model.path}") as self.log:

@@ -38,7 +38,16 @@ def _run_dir(recipe, run_dir: Path | None) -> Path:
               help="Run again from this stage on, even if it is done (e.g. --from train).")
 @click.option("--until", "until_stage", metavar="STAGE", default=None,
               help="Stop after this stage (e.g. --until select: the curated set, no training).")
-def run(recipe_file: Path, run_dir: Path | None, from_stage: str | None, until_stage: str | None) -> None:
+@click.option("--update", "update_files", multiple=True, metavar="NEW_DATA",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A new batch of data (repeatable): curate it, retrain, and promote the new adapter only if it is "
+                   "better (the recipe's `monitor` section says how); every version is kept in RUN/versions/N.")
+@click.option("--test", "update_test", metavar="NEW_TEST", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --update: the test set written for the new batch; the candidate must do better on it and "
+                   "no worse on the earlier ones.")
+def run(recipe_file: Path, run_dir: Path | None, from_stage: str | None, until_stage: str | None,
+        update_files: tuple[Path, ...], update_test: Path | None) -> None:
     """Run RECIPE: every stage whose inputs changed, skipping the rest.
 
     Each stage is cached by a hash of its inputs and options: a rerun skips finished
@@ -46,19 +55,30 @@ def run(recipe_file: Path, run_dir: Path | None, from_stage: str | None, until_s
     the run pushes the routed rows to Argilla and either waits (`review: {wait: true}`:
     annotate, then run again) or trains on what is decided so far.
 
+    With --update, the recipe's run is version 1 of the adapter and the new batch makes the
+    next one: drift check, curation, review, training, evaluation beside the current adapter
+    on every test set; it is promoted only when it is not worse on the earlier test sets and
+    better on the new one (RUN/current.json names the adapter in use).
+
     \b
     Example:
       smallset run recipes/support_tickets.yaml
       smallset run recipes/support_tickets.yaml --from train
       smallset run recipes/bring_your_own.yaml --until select
+      smallset run recipes/support_tickets.yaml --update recipes/examples/support_tickets_update.csv --test recipes/examples/support_tickets_update_test.jsonl
     """
     from recipes.runner import run_recipe
     from recipes.spec import load_recipe
+    from recipes.update import Update
 
+    if bool(update_files) != (update_test is not None):
+        raise click.UsageError("--update NEW_DATA and --test NEW_TEST go together: the new adapter is judged on "
+                               "the test set written for the new data")
+    update = Update(list(update_files), update_test) if update_files else None
     recipe = load_recipe(recipe_file)
     folder = _run_dir(recipe, run_dir)
     try:
-        result = run_recipe(recipe, folder, from_stage=from_stage, until_stage=until_stage)
+        result = run_recipe(recipe, folder, from_stage=from_stage, until_stage=until_stage, update=update)
     except KeyboardInterrupt:
         console.print(f"interrupted; `smallset run {recipe_file}` resumes from the stage that was running")
         raise SystemExit(130) from None
@@ -84,14 +104,22 @@ def check(recipe_file: Path, run_dir: Path | None) -> None:
     from recipes.spec import load_recipe
     from recipes.stages import plan
 
+    from recipes.update import check_monitor, history
+
     recipe = load_recipe(recipe_file)
     folder = _run_dir(recipe, run_dir)
     state = load_state(folder)["stages"] if folder.exists() else {}
     stages = plan(recipe, folder)
+    check_monitor(recipe, stages, folder)  # the `monitor` options too, before an update needs them
     width = max(14, *(len(s.name) for s in stages))
     for n, stage in enumerate(stages, 1):
         entry, key = state.get(stage.name, {}), stage.key(folder)
         status = "done" if is_fresh(stage, entry, key) else entry.get("status", "to run") if entry.get("key") == key else "to run"
         console.print(f"{n:>2}. {stage.name:<{width}} {status:<8} {stage.what}", highlight=False, soft_wrap=True)
+    versions = history(folder)
+    if versions:
+        current = next((v["version"] for v in versions if v["in_use"]), None)
+        listed = ", ".join(f"{v['version']} {v['status']}" for v in versions)
+        console.print(f"versions: {listed}; current: {current}", highlight=False)
     where = folder if folder.exists() else f"{folder}, where nothing ran yet"
     console.print(f"{recipe_file}: valid; stages compared with the run folder {where}", highlight=False, soft_wrap=True)

@@ -29,6 +29,7 @@ def write_run_report(ctx, output: Path) -> Path:
         _objective(recipe, evaluation, _training_set(by_name), _audit(by_name)),
         _curve(run_dir),
         _ablations(recipe, evaluation),
+        _history(run_dir),
         _stages(ctx),
         _sources(run_dir, by_name),
     ]
@@ -183,6 +184,47 @@ def _ablations(recipe, evaluation: dict[str, Any] | None) -> str:
             f"Full pipeline: {metric} {_pct(full['value'])} [{_pct(full['low'])}, {_pct(full['high'])}].</p>"
             + "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"
             + table(["variant", metric, "95% interval", "the step's effect (points)", "paired 95% interval", "verdict"], rows))
+
+
+def _history(run_dir: Path) -> str:
+    """Versions of the adapter, one per update (`smallset run --update`): metric per test set, drift, the decision."""
+    from recipes.update import history
+
+    versions = history(run_dir)
+    if len(versions) < 2:
+        return ""
+    metric = versions[0]["metric"]
+    tests = list(dict.fromkeys(t for v in versions for t in v["tests"]))
+    scores = {v["version"]: dict(v["candidate"]) for v in versions}
+    for v in versions:  # a version scored as the current adapter by a later update: how it fared on newer data
+        for test, found in (v.get("current") or {}).items():
+            scores.get(v["parent"], {}).setdefault(test, found)
+    rows = []
+    for v in versions:
+        drift = v.get("drift")
+        shift = "-" if not drift else ("drift" if drift["drift"] else "no drift") + (
+            f" (AUC {drift['auc']:.2f})" if drift.get("auc") is not None else "")
+        counts = v.get("rows") or {}
+        new = "-" if counts.get("new") is None else f"{counts['new']} in, {counts['kept']} kept"
+        mine = scores[v["version"]]
+        cells = [(f"{_pct(s['value'])} [{_pct(s['low'])}, {_pct(s['high'])}]" if (s := mine.get(t)) else "") for t in tests]
+        status = v["status"] + (" (current)" if v["in_use"] else "")
+        rows.append([v["version"], v["parent"] or "-", status, new, counts.get("training", ""), shift, *cells])
+    by_version = [f"v{v['version']}" + (" (refused)" if v["status"] == "refused" else "") for v in versions]
+    chart = plots.bars(by_version, {t: [100 * scores[v["version"]][t]["value"] if t in scores[v["version"]] else 0
+                                        for v in versions] for t in tests}, xlabel="version", ylabel=f"{metric} (%)")
+    why = "".join(f"<li>v{v['version']}: {html.escape(v['reason'])}"
+                  + (f". Terms new in its batch: {html.escape(', '.join(v['drift']['terms']))}"
+                     if (v.get('drift') or {}).get('terms') else "") + "</li>" for v in versions)
+    return ('<h2 id="history">Versions: one per update</h2><p>Each update trained a candidate and scored it beside '
+            "the adapter then in use, on every earlier test set and the new one; it is promoted only when it is not "
+            "worse on the earlier ones (beyond the tolerance, by the paired 95% interval) and better on the new one. "
+            "A version's figure on a test set newer than itself was measured when a later update compared "
+            "its candidate with it. Every version is kept in versions/N/; current.json names the one in use.</p>"
+            + img(chart, f"{metric} per version and test set")
+            + table(["version", "from", "decision", "new rows", "training rows", "new rows vs training set",
+                     *(f"{metric}: {t}" for t in tests)], rows)
+            + f"<ul>{why}</ul>")
 
 
 def _pct(value: float) -> str:

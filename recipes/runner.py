@@ -82,9 +82,14 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, *, from_stage: str | None = None, until_stage: str | None = None,
-               say: Callable[[str], None] | None = None) -> RunResult:
-    """Run every stage of `recipe` that is not already done with the same inputs (up to `until_stage`)."""
+               say: Callable[[str], None] | None = None, update: Any = None) -> RunResult:
+    """Run every stage of `recipe` that is not already done with the same inputs (up to `until_stage`).
+
+    `update` (a `recipes.update.Update`): then fold a new batch of data in, as a new version of the adapter.
+    """
     say = say or (lambda m: console.print(m, highlight=False))
+    if update is not None and (from_stage or until_stage):
+        raise RunError("--update runs the whole recipe, then the update: leave out --from and --until")
     stages = plan(recipe, run_dir)
     names = [s.name for s in stages]
     for option, stage in (("--from", from_stage), ("--until", until_stage)):
@@ -100,37 +105,48 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, from_stage: str | None = None, 
                 state["stages"].pop(name, None)
         result = RunResult(run_dir, "done")
         ctx = Context(recipe, run_dir, stages, state, say)
-        for n, stage in enumerate(stages, 1):
-            key = stage.key(run_dir)
-            entry = state["stages"].get(stage.name)
-            head = f"[bold]\\[{n}/{len(stages)}] {stage.name}[/bold]: {stage.what}"
-            if is_fresh(stage, entry, key):
-                say(f"{head} [dim](done, skipped)[/dim]")
-                result.skipped.append(stage.name)
-                continue
-            resuming = bool(entry) and entry.get("key") == key
-            if not resuming and stage.folder.exists() and stage.folder != run_dir:
-                shutil.rmtree(stage.folder)  # its inputs changed: nothing in it is valid any more
-            say(f"{head}{' [dim](resuming)[/dim]' if resuming else ''}")
-            entry = {"key": key, "status": "running", "started_at": _now(),
-                     "seconds": entry.get("seconds", 0.0) if resuming else 0.0}
-            state["stages"][stage.name] = entry
-            _save(run_dir, state)
-            t0 = time.perf_counter()
-            try:
-                outcome = _perform(stage, ctx, resuming)
-            finally:
-                entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 2)
-                _save(run_dir, state)
-            result.ran.append(stage.name)
-            if outcome is not None:  # the stage waits for people
-                entry["status"] = "waiting"
-                _save(run_dir, state)
-                result.status, result.message = "waiting", outcome
-                return result
-            entry.update(status="done", finished_at=_now())
-            _save(run_dir, state)
+        run_stages(ctx, result)
+        if update is not None and result.status == "done":
+            from recipes.update import run_update
+
+            run_update(ctx, update, result)
         return result
+
+
+def run_stages(ctx: Context, result: RunResult) -> RunResult:
+    """Run `ctx`'s stages in order, each unless it is fresh, keeping `ctx.state` in RUN/run.json."""
+    run_dir, stages, state, say = ctx.run_dir, ctx.stages, ctx.state, ctx.say
+    for n, stage in enumerate(stages, 1):
+        key = stage.key(run_dir)
+        entry = state["stages"].get(stage.name)
+        head = f"[bold]\\[{n}/{len(stages)}] {stage.name}[/bold]: {stage.what}"
+        if is_fresh(stage, entry, key):
+            say(f"{head} [dim](done, skipped)[/dim]")
+            result.skipped.append(stage.name)
+            continue
+        resuming = bool(entry) and entry.get("key") == key
+        if not resuming and stage.folder.exists() and stage.folder != run_dir:
+            shutil.rmtree(stage.folder)  # its inputs changed: nothing in it is valid any more
+        say(f"{head}{' [dim](resuming)[/dim]' if resuming else ''}")
+        entry = {"key": key, "status": "running", "started_at": _now(),
+                 "seconds": entry.get("seconds", 0.0) if resuming else 0.0}
+        state["stages"][stage.name] = entry
+        _save(run_dir, state)
+        t0 = time.perf_counter()
+        try:
+            outcome = _perform(stage, ctx, resuming)
+        finally:
+            entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 2)
+            _save(run_dir, state)
+        result.ran.append(stage.name)
+        if outcome is not None:  # the stage waits for people
+            entry["status"] = "waiting"
+            _save(run_dir, state)
+            result.status, result.message = "waiting", outcome
+            return result
+        entry.update(status="done", finished_at=_now())
+        _save(run_dir, state)
+    return result
 
 
 @contextlib.contextmanager
@@ -185,6 +201,11 @@ def _perform(stage: Stage, ctx: Context, resuming: bool) -> str | None:
         from recipes.review_stage import apply_decisions
 
         apply_decisions(stage)
+        return None
+    if stage.kind == "promote":
+        from recipes.update import promote
+
+        promote(stage, ctx)
         return None
     if stage.kind == "report":
         from recipes.report import write_run_report

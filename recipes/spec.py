@@ -125,6 +125,52 @@ class RaySection(_Strict):
     """Parallel tasks or actors per step (None: one per CPU of the cluster)."""
 
 
+class Monitor(_Strict):
+    """How `smallset run RECIPE --update NEW... --test NEW_TEST` folds a new batch in (`recipes.update`).
+
+    The new rows are read like the first real source, checked for drift against the current training set,
+    curated (the recipe's steps but `select`, unless `curate` says otherwise; always deduplicated against the
+    current training set and decontaminated against every test set), reviewed as `review` says, added to the
+    current training set and trained on; the candidate is promoted only when it is not worse on the earlier
+    test sets (the paired interval's lower end above -tolerance) and better on the new one.
+    """
+
+    map: dict[str, str] | None = None
+    """How the new files' columns map onto the record fields (default: `data.real.0.map`)."""
+    layout: str | None = None
+    curate: list[dict[str, dict[str, Any]]] | None = None
+    """The curation steps for a new batch (default: the recipe's, without `select`)."""
+    warm_start: bool = Field(default=False, alias="warm-start")
+    """Train the candidate from the current adapter's weights (`train lora --init-adapter`), not from the base."""
+    tolerance: float = Field(default=5.0, ge=0, le=100)
+    """Points of the objective's metric the candidate may lose on an earlier test set: the lower end of the
+    paired 95% interval of (candidate - current) must stay above -tolerance."""
+    drift: dict[str, Any] = Field(default_factory=dict)
+    """Options of `curate drift` (new rows against the current training set)."""
+
+    @field_validator("curate", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        return None if value is None else _parse_steps(value)
+
+
+def _parse_steps(value: Any) -> list[dict[str, dict[str, Any]]]:
+    """`curate:` as a list of `{step: options}` (a bare step name has no options), each a known step."""
+    if not isinstance(value, list):
+        raise ValueError("a list of steps, e.g. `- dedup: {method: [exact, near]}`")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ValueError(f"step {i}: one step name mapped to its options, e.g. `- select: {{size: 40}}`")
+        (step, options), = item.items()
+        if step not in curate_steps():
+            raise ValueError(f"step {i}: unknown step '{step}'; known: {', '.join(curate_steps())}")
+        out.append({step: options or {}})
+    return out
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -143,25 +189,15 @@ class Recipe(_Strict):
     executor: Literal["local", "ray"] = "local"
     """Where the curate steps and the teacher run (`curate.executor`); the results, hence the stage keys, are the same."""
     ray: RaySection = Field(default_factory=RaySection)
+    monitor: Monitor = Field(default_factory=Monitor)
+    """What `smallset run --update` does with a new batch of data (`recipes.update`)."""
 
     path: Path = Field(default=Path("recipe.yaml"), exclude=True)
 
     @field_validator("curate", mode="before")
     @classmethod
     def _steps(cls, value: Any) -> Any:
-        if not isinstance(value, list):
-            raise ValueError("a list of steps, e.g. `- dedup: {method: [exact, near]}`")
-        out = []
-        for i, item in enumerate(value):
-            if isinstance(item, str):
-                item = {item: {}}
-            if not isinstance(item, dict) or len(item) != 1:
-                raise ValueError(f"step {i}: one step name mapped to its options, e.g. `- select: {{size: 40}}`")
-            (step, options), = item.items()
-            if step not in curate_steps():
-                raise ValueError(f"step {i}: unknown step '{step}'; known: {', '.join(curate_steps())}")
-            out.append({step: options or {}})
-        return out
+        return _parse_steps(value)
 
     @model_validator(mode="after")
     def _ablations_exist(self) -> Recipe:

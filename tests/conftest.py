@@ -36,9 +36,10 @@ TRAIN = Path(sys.executable).parent / "train"
 TRAIN_ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # as the `train` script sets for itself
 
 
-def run_train(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run the installed `train` script to the end; a failure shows the tail of its stderr."""
-    proc = subprocess.run([str(TRAIN), *map(str, args)], capture_output=True, text=True, env=TRAIN_ENV, timeout=timeout)
+def run_train(*args: str | Path, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `train` script to the end (`env`: variables to add); a failure shows the tail of its stderr."""
+    proc = subprocess.run([str(TRAIN), *map(str, args)], capture_output=True, text=True, env={**TRAIN_ENV, **(env or {})},
+                          timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

@@ -85,7 +85,7 @@ def runs(tmp_path_factory) -> dict:
         call("planted", "planted", "--strict"),
         call("even", "even", "--fail-on", "imbalance", "--fail-on", "association"),
         call("custom_terms", "planted", "--terms", files["terms"]),
-        call("synth", "synth", "--task", TASK, "--slices", "source", "--fail-on", "coverage"),
+        call("synth", "synth", "--task-spec", TASK, "--slices", "source", "--fail-on", "coverage"),
         call("missing_field", "even", "--slices", "persona"),
         call("unreadable", "broken"),
         call("bad_terms", "even", "--terms", files["bad_terms"]),

@@ -72,16 +72,16 @@ def exports(dataset) -> dict:
     """Every format, side by side through the real script."""
     root, data = dataset["root"], dataset["data"]
     calls = {
-        "messages": ["--format", "messages", "-o", root / "m.jsonl", "--keep", "id",
+        "messages": ["--format", "messages", "-o", root / "m.jsonl", "--keep-column", "id",
                      "--axolotl-config", root / "ax_m.yaml", "--llama-factory-config", root / "lf" / "dataset_info.json",
                      "--on-unfit", "skip"],
-        "pc": ["--format", "prompt-completion", "-o", root / "pc.parquet", "--keep", "id", "--keep", "label"],
-        "plain": ["--format", "prompt-completion", "--plain", "-o", root / "plain.jsonl", "--on-unfit", "skip", "--keep", "id"],
-        "sharegpt": ["--format", "sharegpt", "-o", root / "lf" / "sg.json", "--keep", "id", "--on-unfit", "skip",
+        "pc": ["--format", "prompt-completion", "-o", root / "pc.parquet", "--keep-column", "id", "--keep-column", "label"],
+        "plain": ["--format", "prompt-completion", "--plain", "-o", root / "plain.jsonl", "--on-unfit", "skip", "--keep-column", "id"],
+        "sharegpt": ["--format", "sharegpt", "-o", root / "lf" / "sg.json", "--keep-column", "id", "--on-unfit", "skip",
                      "--axolotl-config", root / "ax_sg.yml"],
-        "alpaca": ["--format", "alpaca", "-o", root / "alpaca.jsonl", "--on-unfit", "skip", "--keep", "id",
+        "alpaca": ["--format", "alpaca", "-o", root / "alpaca.jsonl", "--on-unfit", "skip", "--keep-column", "id",
                    "--axolotl-config", root / "ax_a.yaml"],
-        "hf": ["--format", "hf", "-o", root / "hf", "--keep", "id", "--axolotl-config", root / "ax_hf.yaml"],
+        "hf": ["--format", "hf", "-o", root / "hf", "--keep-column", "id", "--axolotl-config", root / "ax_hf.yaml"],
         "hf_sg": ["--format", "hf", "--layout", "sharegpt", "-o", root / "hf_sg", "--on-unfit", "skip"],
         "unfit": ["--format", "alpaca", "-o", root / "refused.jsonl"],
     }
@@ -216,14 +216,14 @@ def test_bad_requests_are_clear_errors(dataset, tmp_path):
         ["export", dataset["data"], "-f", "alpaca", "-o", tmp_path / "a.jsonl", "--on-unfit", "skip",
          "--llama-factory-config", tmp_path / "info.yaml"],
         ["export", dataset["data"], "-f", "prompt-completion", "-o", tmp_path / "p.jsonl", "--axolotl-config", tmp_path / "a.yaml"],
-        ["export", dataset["data"], "-f", "messages", "-o", tmp_path / "k.jsonl", "--keep", "nowhere"],
+        ["export", dataset["data"], "-f", "messages", "-o", tmp_path / "k.jsonl", "--keep-column", "nowhere"],
         ["export", dataset["data"], "-f", "hf", "-o", tmp_path / "by-label", "--split-by", "label"],
     ])
     assert all(p.returncode in (1, 2) and "Traceback" not in p.stderr for p in bad)
     assert "writes .jsonl, .ndjson, .json, .parquet files" in bad[0].stderr
     assert "info.yaml: must end in .json" in bad[1].stderr
     assert "no dataset type for conversational prompt-completion" in bad[2].stderr
-    assert "--keep: no column or meta key 'nowhere'" in bad[3].stderr
+    assert "--keep-column: no column or meta key 'nowhere'" in bad[3].stderr
     assert f"row {dataset['multi'][0]}: split None in 'label' is not a split name" in bad[4].stderr  # a chat has no label
 
 

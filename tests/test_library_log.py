@@ -41,6 +41,40 @@ def test_verbose_keeps_everything_on_the_console(tmp_path):
     assert not log.exists() and proc.stdout.strip() == "None"
 
 
+LOGGERS = """
+import os, sys
+from transformers.utils import logging as hf_logging
+from curate.library_log import to_log_file
+hf_logging.get_logger("transformers.start")  # configured before the block: its handler holds the console's stderr
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # as curate.llm's engine sets it
+with to_log_file("an engine"):
+    from vllm.config.logging import LoggingConfig  # imported and configured here, as curate.llm's engine does
+    from vllm.logger import configure_logging, init_logger
+    configure_logging(LoggingConfig())  # what building vllm.LLM does first
+    init_logger("vllm.start").warning("vllm start-up notice")
+    hf_logging.get_logger("transformers.start").warning("transformers start-up notice")
+init_logger("vllm.later").warning("vllm shutdown notice")  # after the block, as at the end of `train eval`
+hf_logging.get_logger("transformers.later").warning("transformers later notice")
+print("result line")
+"""
+NOTICES = ("vllm start-up notice", "transformers start-up notice", "vllm shutdown notice", "transformers later notice")
+
+
+def test_library_loggers_write_to_the_log_after_start_up_too(tmp_path):
+    """The real vLLM and transformers loggers: their own handlers keep the console's streams, so moving
+    file descriptor 2 alone would let every later notice through."""
+    log = tmp_path / "run.log"
+    quiet = subprocess.run([sys.executable, "-c", LOGGERS], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "SMALLSET_LOG_FILE": str(log), "SMALLSET_VERBOSE": ""})
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.splitlines() == ["result line"] and quiet.stderr == ""
+    assert all(notice in log.read_text() for notice in NOTICES)
+    verbose = subprocess.run([sys.executable, "-c", LOGGERS], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "SMALLSET_LOG_FILE": str(tmp_path / "v.log"), "SMALLSET_VERBOSE": "1"})
+    assert verbose.returncode == 0, verbose.stderr
+    assert all(notice in verbose.stdout + verbose.stderr for notice in NOTICES) and not (tmp_path / "v.log").exists()
+
+
 def test_the_verbose_flag_of_every_cli_reaches_the_environment():
     code = ("import os, click.testing\nfrom recipes.cli import main\n"
             "r = click.testing.CliRunner().invoke(main, ['--verbose', 'check', '--help'])\n"

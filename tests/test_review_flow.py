@@ -292,6 +292,8 @@ def test_status_counts_per_annotator(review, answered):
         "bob": {"submitted": 8, "discarded": 0, "draft": 0},
         "owner": {"submitted": 1, "discarded": 0, "draft": 0},
     }
+    to_file = review.curate("status", "--name", "tickets", "--json", review.root / "status.json")
+    assert to_file.stdout == "" and json.loads((review.root / "status.json").read_text()) == [entry]
     table = review.curate("status", "--name", "tickets")
     assert "6/10 (60%) completed" in table.stdout and "alice" in table.stdout
 

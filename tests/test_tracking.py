@@ -1,14 +1,18 @@
-"""`train lora --report-to tensorboard,mlflow`: curves written through the real libraries, read back with them.
+"""`train lora --report-to tensorboard,mlflow,trackio`: curves written through the real libraries, read back with them.
 
 One real training run (3 optimizer steps of the default SmolLM2 on 12 rows) and one real `train eval`
-on its adapter (one vLLM engine start); the TensorBoard event files are read with EventAccumulator
-and the MLflow run with MlflowClient.
+on its adapter (one vLLM engine start); the TensorBoard event files are read with EventAccumulator,
+the MLflow run with MlflowClient and the trackio run with trackio's own storage. The same two runs
+show a quiet console: what transformers, trackio and vLLM print is in the library log, not on it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,16 +33,21 @@ def tracked(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tracking")
     data = write_jsonl(root / "train.jsonl", train_rows())
     test = write_jsonl(root / "test.jsonl", test_rows())
-    out = root / "lora"
-    run_train("lora", data, "-o", out, "--epochs", "1", "--batch-size", "4", "--micro-batch-size", "4",
-              "--val-size", "2", "--max-length", "64", "--seed", "3", "--quiet", "--report-to", "tensorboard,mlflow")
+    out, logs = root / "lora", root / "logs"
+    trained = run_train("lora", data, "-o", out, "--epochs", "1", "--batch-size", "4", "--micro-batch-size", "4",
+                        "--val-size", "2", "--max-length", "64", "--seed", "3", "--quiet",
+                        "--report-to", "tensorboard,mlflow", "--report-to", "trackio",
+                        env={"TRACKIO_DIR": str(root / "trackio"), "SMALLSET_LOG_FILE": str(logs / "train.log")})
     record = json.loads((out / TRACKING_FILE).read_text())
     manifest = json.loads((out / "adapter.manifest.json").read_text())
-    before = _mlflow_history(record, "eval/adapter/accuracy")
-    proc = run_train("eval", out, "--test", test, "-o", root / "eval", "--max-model-len", "512", "--quiet")
+    before = _mlflow_history(record, "eval/adapter/accuracy"), _trackio_run(record)["logs"]
+    # No TRACKIO_DIR here: eval finds the store through OUT/tracking.json.
+    proc = run_train("eval", out, "--test", test, "-o", root / "eval", "--max-model-len", "512", "--quiet",
+                     env={"SMALLSET_LOG_FILE": str(logs / "eval.log")})
     report = json.loads((root / "eval" / "eval.json").read_text())
-    return {"out": out, "record": record, "manifest": manifest, "report": report, "before_eval": before,
-            "output": proc.stdout + proc.stderr}
+    return {"root": root, "out": out, "record": record, "manifest": manifest, "report": report, "before_eval": before,
+            "output": proc.stdout + proc.stderr, "train_output": trained.stdout + trained.stderr,
+            "train_log": (logs / "train.log").read_text(), "eval_log": (logs / "eval.log").read_text()}
 
 
 def _scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
@@ -54,6 +63,22 @@ def _mlflow_history(record: dict, key: str) -> list[tuple[int, float]]:
 
     client = MlflowClient(record["mlflow"]["tracking_uri"])
     return [(m.step, m.value) for m in client.get_metric_history(record["mlflow"]["run_id"], key)]
+
+
+def _trackio_run(record: dict) -> dict:
+    """The run's config and logged rows, read by trackio itself from the store training named (it reads
+    TRACKIO_DIR once, on import: a process of its own)."""
+    code = ("import json, sys, trackio\nfrom trackio.sqlite_storage import SQLiteStorage\n"
+            "name = sys.argv[1]\nrun = next(r for r in trackio.Api().runs('smallset') if r.name == name)\n"
+            "print(json.dumps({'config': run.config, 'logs': SQLiteStorage.get_logs('smallset', name)}, default=str))\n")
+    proc = subprocess.run([sys.executable, "-c", code, record["trackio"]["run"]], capture_output=True, text=True,
+                          env={**os.environ, "TRACKIO_DIR": record["trackio"]["dir"]}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def _series(logs: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(row["step"], row[key]) for row in logs if row.get(key) is not None]
 
 
 def test_tensorboard_holds_the_training_curves(tracked):
@@ -86,15 +111,43 @@ def test_mlflow_run_holds_the_same_curves_and_settings(tracked):
     assert run.data.metrics["final/tokens_per_s"] == pytest.approx(manifest["metrics"]["tokens_per_s"])
 
 
+def test_trackio_run_holds_the_same_curves_and_settings(tracked):
+    record, out = tracked["record"], tracked["out"]
+    assert record["trackio"]["dir"] == str((tracked["root"] / "trackio").resolve())
+    assert record["trackio"]["project"] == "smallset" and record["trackio"]["run"].startswith("lora-")
+    run = _trackio_run(record)
+    assert run["config"]["rank"] == 16 and run["config"]["batch_size"] == 4  # kept when eval resumed the run
+    scalars = _scalars(str(out / "tensorboard"))
+    for key in ("train/loss", "train/learning_rate", "eval/val_loss"):
+        assert _series(run["logs"], key) == [(s, pytest.approx(v, rel=1e-5)) for s, v in scalars[key]]
+
+
 def test_train_eval_adds_its_final_metrics_to_the_run(tracked):
     record, report = tracked["record"], tracked["report"]
-    assert tracked["before_eval"] == []
-    assert "logged to: tensorboard, mlflow" in " ".join(tracked["output"].split())  # rich wraps lines
+    mlflow_before, trackio_before = tracked["before_eval"]
+    assert mlflow_before == [] and _series(trackio_before, "eval/adapter/accuracy") == []
+    assert "logged to: tensorboard, mlflow, trackio" in " ".join(tracked["output"].split())  # rich wraps lines
     last = record["last_step"]
+    trackio_logs = _trackio_run(record)["logs"]
     for contender in ("adapter", "base", "kshot"):
         accuracy = report["results"][contender]["accuracy"]
         assert _mlflow_history(record, f"eval/{contender}/accuracy") == [(last, pytest.approx(accuracy))]
         assert _scalars(str(tracked["out"] / "tensorboard"))[f"eval/{contender}/accuracy"] == [(last, pytest.approx(accuracy))]
+        assert _series(trackio_logs, f"eval/{contender}/accuracy") == [(last, pytest.approx(accuracy))]
+
+
+# vLLM's log lines, from the main process and the engine processes it spawns.
+VLLM_LINE = re.compile(r"\((?:MainProcess|EngineCore|\w*Worker[\w-]*) pid=\d+\) (?:DEBUG|INFO|WARNING|ERROR)")
+
+
+def test_library_output_goes_to_the_log_not_the_console(tracked):
+    train_out, train_log = tracked["train_output"], tracked["train_log"]
+    assert "Loading weights" in train_log and "Trackio" in train_log  # transformers' loading bar, trackio's notices
+    assert "Loading weights" not in train_out and "Trackio" not in train_out and "adapter:" in train_out
+    eval_out, eval_log = tracked["output"], tracked["eval_log"]
+    assert len(VLLM_LINE.findall(eval_log)) >= 3 and "EngineCore" in eval_log and "Loading safetensors" in eval_log
+    assert VLLM_LINE.findall(eval_out) == [] and "WARNING" not in eval_out and "safetensors" not in eval_out
+    assert "answering 6 test rows" in eval_out and "accuracy" in eval_out  # the command's own lines stay
 
 
 def test_mlflow_tracking_uri_is_respected(tmp_path, monkeypatch):

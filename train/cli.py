@@ -16,6 +16,7 @@ from curate import __version__
 from curate.atomic import check_parents
 from curate.console import SmallsetGroup, console
 from curate.library_log import verbose_option
+from curate.renamed_flags import renamed
 from curate.errors import InputError
 from curate.layouts import LAYOUTS
 from train.config import MAX_EPOCHS, LoraTrainConfig
@@ -85,7 +86,8 @@ _LORA_OPTIONS = [
     click.option("--epochs", type=int, default=_D.epochs, help=f"Passes over the training set (at most {MAX_EPOCHS})."),
     click.option("--lr", type=float, default=_D.lr, help="Peak learning rate (linear warmup, then cosine decay)."),
     click.option("--rank", type=int, default=_D.rank, help="LoRA rank r."),
-    click.option("--alpha", type=int, default=_D.alpha, help="LoRA alpha (scale alpha/r)."),
+    renamed("--alpha", "--lora-alpha"),  # --alpha is a significance level in `curate drift` and `curate audit`
+    click.option("--lora-alpha", "alpha", type=int, default=_D.alpha, help="LoRA alpha (scale alpha/r), peft's lora_alpha."),
     click.option("--dropout", type=float, default=_D.dropout, help="LoRA dropout."),
     click.option("--val-fraction", type=float, default=_D.val_fraction, help="Share of rows held out for validation (stratified by label)."),
     click.option("--val-size", type=int, default=None, help="Exact number of validation rows (overrides --val-fraction)."),
@@ -98,9 +100,10 @@ _LORA_OPTIONS = [
     click.option("--seed", type=int, default=_D.seed, help="Seed for the adapter's init, the split, data order and dropout."),
     click.option("--qlora", is_flag=True, help="Load the base model in 4-bit (bitsandbytes); needs a CUDA GPU."),
     click.option("--report-to", "report_to", multiple=True, metavar="NAME[,NAME]",
-                 help="Log loss, learning rate, tokens/s and validation loss to tensorboard (OUTPUT/tensorboard) and/or "
-                      "mlflow (OUTPUT/mlruns, or MLFLOW_TRACKING_URI); repeatable or comma-separated; `train eval` "
-                      "adds its final metrics to the same run.  [default: none]"),
+                 help="Log loss, learning rate, tokens/s and validation loss to tensorboard (OUTPUT/tensorboard), "
+                      "mlflow (OUTPUT/mlruns, or MLFLOW_TRACKING_URI) and/or trackio (its local store, TRACKIO_DIR; "
+                      "project smallset); repeatable or comma-separated; `train eval` adds its final metrics to the "
+                      "same run.  [default: none]"),
 ]
 
 
@@ -113,6 +116,8 @@ _LORA_OPTIONS = [
                    "shared out. auto: every visible GPU when there are several, else 1. Without a GPU, N gloo "
                    "processes share the CPU: for testing, not faster.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoints/last.")
+@click.option("--init-adapter", "init_adapter", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Warm start from this adapter's weights (same base, rank and modules) instead of a fresh LoRA init.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None:
     """Train a LoRA adapter on DATA (any file `curate ingest` reads) and keep the best one.
@@ -125,6 +130,7 @@ def lora(data: Path, output: Path, quiet: bool, resume: bool, **options) -> None
     Examples:
       train lora accepted.parquet -o runs/lora --epochs 3 --eval-every 20
       train lora accepted.parquet -o runs/lora --report-to tensorboard,mlflow
+      train lora december.parquet -o runs/lora-dec --init-adapter runs/lora-nov/adapter
     """
     from curate.errors import SmallsetError
     from train import distributed

@@ -106,9 +106,14 @@ class LoraTrainConfig:
     optimizer step keeps its rows (batch_size), shared out among the processes, so it means the same.
     Without a GPU, N gloo processes share the CPU: for testing, not faster."""
 
+    init_adapter: str | None = None
+    """Warm start: the LoRA weights of this adapter (a folder, or a `train lora` output) instead of a fresh init,
+    e.g. last month's adapter retrained on this month's data. Its rank and target modules must be these."""
+
     report_to: list[str] = field(default_factory=list)
-    """Experiment trackers that get the curves (`train.tracking`): tensorboard, mlflow; none by default.
-    Offline: TensorBoard event files in OUT/tensorboard, an MLflow file store in OUT/mlruns."""
+    """Experiment trackers that get the curves (`train.tracking`): tensorboard, mlflow, trackio; none by
+    default. Offline: TensorBoard event files in OUT/tensorboard, an MLflow file store in OUT/mlruns, a
+    run in trackio's local store (TRACKIO_DIR)."""
 
     def __post_init__(self) -> None:
         self.validate()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from curate.atomic import atomic_path, write_text
 from curate.console import console
+from curate.library_log import to_log_file
 from curate.manifest import Manifest, manifest_path
 from curate.models import ResolvedModel, resolve_llm
 from train.batches import by_length, collate, length_grouped
@@ -344,7 +345,8 @@ def load_model(resolved: ResolvedModel, config: LoraTrainConfig, device: torch.d
     if config.qlora:
         kwargs.update(quantization_config=_bnb_config(), device_map={"": device.index or 0})
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+        with to_log_file(f"the base model {resolved.path}"):  # transformers' loading bar and notices
+            model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
     except Exception as exc:
         raise TrainError(f"could not load a causal language model from {resolved.path}: {exc}") from None
     if config.qlora:
@@ -359,7 +361,26 @@ def load_model(resolved: ResolvedModel, config: LoraTrainConfig, device: torch.d
         r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
         target_modules=config.target_modules, task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    if config.init_adapter:
+        _warm_start(model, Path(config.init_adapter), config, device)
+    return model
+
+
+def _warm_start(model, folder: Path, config: LoraTrainConfig, device: torch.device) -> None:
+    """The LoRA weights of an earlier adapter in place of the fresh init (`--init-adapter`)."""
+    from peft.utils import load_peft_weights
+
+    from train.merge import adapter_folder
+
+    folder = adapter_folder(folder)
+    saved = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if int(saved.get("r", config.rank)) != config.rank:
+        raise TrainError(f"--init-adapter {folder} has rank {saved.get('r')}, this run {config.rank}: give --rank {saved.get('r')}")
+    try:
+        _set_adapter_weights(model, load_peft_weights(str(folder), device=str(device)))
+    except RuntimeError as exc:  # shapes that do not fit: another base model or other target modules
+        raise TrainError(f"--init-adapter {folder} does not fit this base model: {str(exc).splitlines()[0]}") from None
 
 
 def _bnb_config():

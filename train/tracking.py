@@ -1,24 +1,28 @@
-"""Training curves in the experiment trackers practitioners already use: TensorBoard and MLflow.
+"""Training curves in the experiment trackers practitioners already use: TensorBoard, MLflow, trackio.
 
-`train lora --report-to tensorboard,mlflow` logs the loss, the learning rate, tokens/s and each
-validation loss through the libraries themselves, offline: TensorBoard event files under
+`train lora --report-to tensorboard,mlflow,trackio` logs the loss, the learning rate, tokens/s and
+each validation loss through the libraries themselves, offline: TensorBoard event files under
 OUT/tensorboard, an MLflow run in a local file store OUT/mlruns (or wherever MLFLOW_TRACKING_URI
-points). OUT/tracking.json records where, so that `train eval` on the adapter adds its final
-metrics to the same run instead of starting a new one.
+points), a trackio run in trackio's own local store (TRACKIO_DIR, else its cache folder; project
+"smallset", so `trackio show --project smallset` finds every run). OUT/tracking.json records where,
+so that `train eval` on the adapter adds its final metrics to the same run instead of starting a new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from curate.atomic import write_text
+from curate.library_log import to_log_file
 from train.errors import TrainError
 
-BACKENDS = ("tensorboard", "mlflow")
+BACKENDS = ("tensorboard", "mlflow", "trackio")
 TRACKING_FILE = "tracking.json"
 TENSORBOARD_DIR = "tensorboard"
 EXPERIMENT = "smallset"
@@ -52,7 +56,7 @@ class Tracker:
         self.names = names
         self.record: dict[str, Any] = {"report_to": names}
         previous = read_record(self.output_dir) if resume else None
-        self._tb = self._mlflow = None
+        self._tb = self._mlflow = self._trackio = None
         self._run_id: str | None = None
         if "tensorboard" in names:
             self._tb = _summary_writer(self.output_dir / TENSORBOARD_DIR)
@@ -63,6 +67,11 @@ class Tracker:
             self.record["mlflow"] = {"tracking_uri": uri, "run_id": self._run_id}
             if params and not old.get("run_id"):
                 self._mlflow.log_batch(self._run_id, params=_mlflow_params(params))
+        if "trackio" in names:
+            old = (previous or {}).get("trackio") or {}
+            name = old.get("run") or f"{run_name or self.output_dir.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            self._trackio = _trackio_run(name, params, resume="allow" if old else "never")
+            self.record["trackio"] = {"dir": str(_trackio_dir()), "project": EXPERIMENT, "run": name}
         if names:
             write_text(self.output_dir / TRACKING_FILE, json.dumps(self.record, indent=2) + "\n")
 
@@ -76,6 +85,8 @@ class Tracker:
 
             now = int(time.time() * 1000)
             self._mlflow.log_batch(self._run_id, metrics=[Metric(_mlflow_key(k), v, now, step) for k, v in metrics.items()])
+        if self._trackio is not None:
+            self._trackio.log(metrics, step=step)
 
     def close(self, status: str = "FINISHED") -> None:
         if self._tb is not None:
@@ -84,6 +95,9 @@ class Tracker:
         if self._mlflow is not None:
             self._mlflow.set_terminated(self._run_id, status=status)
             self._mlflow = None
+        if self._trackio is not None:  # trackio keeps no run status: finishing flushes what is queued
+            _trackio_finish()
+            self._trackio = None
 
 
 def read_record(output_dir: Path) -> dict[str, Any] | None:
@@ -121,6 +135,12 @@ def log_eval(adapter_dir: Path, report: dict[str, Any]) -> list[str]:
         client = _mlflow_client(record["mlflow"]["tracking_uri"])
         now = int(time.time() * 1000)
         client.log_batch(record["mlflow"]["run_id"], metrics=[Metric(_mlflow_key(k), float(v), now, step) for k, v in metrics.items()])
+    if "trackio" in names:
+        if "trackio" not in sys.modules:  # trackio reads TRACKIO_DIR once, on import: the store training wrote to
+            os.environ["TRACKIO_DIR"] = record["trackio"]["dir"]
+        run = _trackio_run(record["trackio"]["run"], _trackio_config(record["trackio"]["run"]), resume="must")
+        run.log({k: float(v) for k, v in metrics.items()}, step=step)
+        _trackio_finish()
     return names
 
 
@@ -182,3 +202,56 @@ def _mlflow_params(params: dict[str, Any]):
 def _mlflow_key(key: str) -> str:
     """MLflow keys allow letters, digits, _ - . / and spaces; contender names may hold others."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+def _import_trackio():
+    try:
+        import trackio
+    except ImportError:
+        raise TrainError(f"--report-to trackio needs the trackio package: {_INSTALL}") from None
+    return trackio
+
+
+def _trackio_dir() -> Path:
+    """trackio's local store; it reads TRACKIO_DIR once, when imported."""
+    _import_trackio()
+    from trackio.utils import TRACKIO_DIR
+
+    return Path(TRACKIO_DIR).resolve()
+
+
+@contextlib.contextmanager
+def _quiet_trackio():
+    """trackio prints its dashboard instructions to stdout: library noise, for the library log."""
+    with to_log_file("trackio"), contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _trackio_run(name: str, config: dict[str, Any] | None, *, resume: str):
+    """A local trackio run in project 'smallset' (`resume`: never, allow, must, as trackio.init takes it)."""
+    trackio = _import_trackio()
+    try:
+        with _quiet_trackio():
+            return trackio.init(project=EXPERIMENT, name=name, config=config, resume=resume, embed=False,
+                                auto_log_cpu=False, auto_log_gpu=False)
+    except ValueError as exc:  # resume='must' of a run that is gone (another TRACKIO_DIR, a deleted project)
+        raise TrainError(f"trackio at {_trackio_dir()}: {exc}") from None
+
+
+def _trackio_finish() -> None:
+    """Flush and end the current run (the one the last init made): trackio's exit hook then has none left."""
+    trackio = _import_trackio()
+    with _quiet_trackio():
+        trackio.finish()
+
+
+def _trackio_config(name: str) -> dict[str, Any] | None:
+    """The run's settings as training logged them: trackio replaces a run's config when it is resumed."""
+    try:
+        runs = list(_import_trackio().Api().runs(EXPERIMENT))
+    except ValueError:  # no such project: resuming the run says so
+        return None
+    for run in runs:
+        if run.name == name:
+            return {k: v for k, v in (run.config or {}).items() if not k.startswith("_")}
+    return None

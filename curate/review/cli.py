@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from curate.console import SmallsetGroup, console
+from curate.report_options import json_option
 from curate.review.routing import POLICIES
 from curate.review.server import (
     DEFAULT_API_WORKERS,
@@ -305,8 +306,8 @@ def _print_pull(report) -> None:
 @workspace_option
 @click.option("--argilla-workspace", help="Only this Argilla workspace (default: all you can see).")
 @click.option("--name", help="Only this Argilla dataset.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per dataset, in a list) on stdout.")
-def status(workspace: Path, argilla_workspace: str | None, name: str | None, as_json: bool) -> None:
+@json_option("the progress (one object per dataset, in a list)")
+def status(workspace: Path, argilla_workspace: str | None, name: str | None, json_path: Path | None) -> None:
     """Review progress per dataset and per annotator.
 
     \b
@@ -316,11 +317,18 @@ def status(workspace: Path, argilla_workspace: str | None, name: str | None, as_
     import json
 
     from curate.review.client import connect
+    from curate.report_options import echo_json, to_stdout
     from curate.review.status import status as run_status
 
     found = run_status(connect(workspace), argilla_workspace, name)
-    if as_json:
-        click.echo(json.dumps([s.to_dict() for s in found], indent=2))
+    if to_stdout(json_path):
+        echo_json([s.to_dict() for s in found])
+        return
+    if json_path is not None:
+        from curate.atomic import write_text
+
+        write_text(json_path, json.dumps([s.to_dict() for s in found], indent=2) + "\n")
+        _progress(f"wrote {json_path}")
         return
     if not found:
         _progress("no review datasets yet; push one with `curate review push DATASET`")
