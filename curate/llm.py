@@ -167,7 +167,8 @@ class LLMEngine:
             from vllm.lora.request import LoRARequest
 
             request = LoRARequest(*lora)
-        outputs = self._llm.chat(conversations, params, use_tqdm=progress, lora_request=request)
+        outputs = self._llm.chat(conversations, params, use_tqdm=transient_bar if progress else False,
+                                 lora_request=request)
         result = []
         for out in outputs:
             completion = out.outputs[0]
@@ -193,6 +194,15 @@ class LLMEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def transient_bar(*args: Any, desc: str | None = None, **kwargs: Any):
+    """vLLM's progress bars, as `use_tqdm` takes them: the generation bar while it runs, gone from the console
+    once done (the caller's own line says what ran), and no bar for rendering the chat template (instant)."""
+    from tqdm.auto import tqdm
+
+    kwargs.pop("leave", None)
+    return tqdm(*args, desc=desc, leave=False, disable=desc == "Rendering conversations", **kwargs)
 
 
 def device_settings(dtype: str | None = None, enforce_eager: bool | None = None) -> tuple[bool, str, bool]:

@@ -280,7 +280,9 @@ def plan_update(recipe: Recipe, main: list[Stage], vdir: Path, files: list[Path]
     if "review" in by_name:
         review = by_name["review"]
         out = vdir / "review" / "accepted.parquet"
-        stages.append(Stage("review", out, [current], params=dict(review.params), what=review.what, kind="review"))
+        # The same Argilla dataset, under a key of the version's own: its pull sees its rows only.
+        params = {**review.params, "key": f"{review.params['key']}-v{vdir.name}"}
+        stages.append(Stage("review", out, [current], params=params, what=review.what, kind="review"))
         current = out
     data = vdir / "data" / "train.parquet"
     stages.append(Stage("data", data, [previous, current],

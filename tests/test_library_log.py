@@ -83,3 +83,18 @@ def test_the_verbose_flag_of_every_cli_reaches_the_environment():
                           env={k: v for k, v in os.environ.items() if k != "SMALLSET_VERBOSE"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1"
+
+
+def test_vllm_progress_bars_leave_only_the_callers_line(capsys):
+    """vLLM's own bars through its own helper: no bar for rendering the chat template, and the generation bar
+    is cleared when done (the demo printed two finished bars per contender and test set)."""
+    from vllm.utils.tqdm_utils import maybe_tqdm
+
+    from curate.llm import transient_bar
+
+    assert list(maybe_tqdm(range(5), use_tqdm=transient_bar, desc="Rendering conversations")) == list(range(5))
+    assert "Rendering conversations" not in capsys.readouterr().err
+    bar = transient_bar(total=3, desc="Processed prompts", dynamic_ncols=True, postfix="est. speed input: 0 toks/s")
+    bar.update(3)
+    bar.close()
+    assert bar.leave is False and bar.n == 3

@@ -443,6 +443,12 @@ def test_two_datasets_in_one_argilla_dataset_keep_their_records(review):
     assert pl.read_parquet(out_b)["review_outcome"].to_list() == ["accepted", "pending", "pending"]
     report = json.loads((review.root / "team_a.reviewed.parquet.review.json").read_text())
     assert report["unmatched_records"] == 0 and not any("match no row" in note for note in report["notes"])
+    # A wrong --key names the keys the rows are under; rows never pushed get no advice about keys.
+    _, wrong, _ = pulled(review, a, "wrong_key.parquet", "--name", "pooled", "--key", "nope")
+    assert any("but some are under 'team_a', 'team_b': pass the --key" in note for note in wrong["notes"]), wrong["notes"]
+    never = write_dataset(review.root / "never.parquet", make_rows(2, prefix="never"))
+    _, fresh, _ = pulled(review, never, "never.reviewed.parquet", "--name", "pooled")
+    assert not any("--key" in note for note in fresh["notes"]), fresh["notes"]
 
 
 # --------------------------------------------------------------------------- settings changed by hand
