@@ -808,8 +808,7 @@ def command(data: Path, against: Path | None, slices: tuple[str, ...], fields: s
       curate audit train.parquet --terms my_terms.yaml --strict
     """
     from curate.console import console
-    from curate.drift import json_default
-    from curate.report_options import echo_json, file_path, to_stdout
+    from curate.report_options import file_path, show_reports
     from curate.text import parse_fields_or_auto
 
     try:
@@ -822,11 +821,7 @@ def command(data: Path, against: Path | None, slices: tuple[str, ...], fields: s
                                        "output": output and str(output), "fail_on": list(fail_on), "strict": strict})
     for line in summary_lines(report):
         console.print(line, style="bold red" if line.startswith("  - ") else None, highlight=False, markup=False)
-    if to_stdout(json_path):
-        echo_json(report.figures, default=json_default)
-    for path in (file_path(json_path), output):
-        if path is not None:
-            console.print(f"[green]wrote[/] {path}")
+    show_reports(json_path, output, report.figures)
     wanted = set(FINDINGS) if strict else set(fail_on)
     if wanted & set(report.findings):
         raise SystemExit(3)

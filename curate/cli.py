@@ -22,8 +22,8 @@ from curate.manifest import Manifest
 from curate.models import resolve_embedder, resolve_llm
 from curate.plugins import load, registered
 from curate.readers import read_records
-from curate.report_options import report_options
 from curate.renamed_flags import renamed
+from curate.report_options import report_options
 from curate.step_cli import executor_from_cli, executor_options, step_command
 from curate.writers import check_output, write_records, write_rejects
 
@@ -285,8 +285,8 @@ def drift(current: Path, reference: Path, fields: str, json_path: Path | None, o
     Example:
       curate drift new_tickets.jsonl --against runs/support-tickets/review/accepted.parquet --json drift.json -o drift.html
     """
-    from curate.drift import DriftConfig, json_default, run_drift, summary_lines
-    from curate.report_options import echo_json, file_path, to_stdout
+    from curate.drift import DriftConfig, run_drift, summary_lines
+    from curate.report_options import file_path, show_reports
     from curate.text import parse_fields_or_auto
 
     try:
@@ -299,11 +299,7 @@ def drift(current: Path, reference: Path, fields: str, json_path: Path | None, o
                                        "output": output and str(output), "title": title, "fail_on_drift": fail_on_drift})
     for line in summary_lines(result):
         console.print(line, style="bold red" if line.startswith("DRIFT") else None, highlight=False, markup=False)
-    if to_stdout(json_path):
-        echo_json(result.figures, default=json_default)
-    for path in (file_path(json_path), output):
-        if path is not None:
-            console.print(f"[green]wrote[/] {path}")
+    show_reports(json_path, output, result.figures)
     if fail_on_drift and result.drift:
         raise SystemExit(3)
 

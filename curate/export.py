@@ -23,8 +23,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import click
-
-from curate.renamed_flags import renamed
 import polars as pl
 
 from curate.atomic import atomic_path, check_parents, write_text
@@ -32,6 +30,7 @@ from curate.console import console
 from curate.drops import drops_path, make_drops, write_drops
 from curate.errors import InputError
 from curate.manifest import Manifest
+from curate.renamed_flags import renamed
 
 ROW_LAYOUTS = ("messages", "prompt-completion", "sharegpt", "alpaca")
 FORMATS = (*ROW_LAYOUTS, "hf")

@@ -53,3 +53,15 @@ def file_path(path: Path | None) -> Path | None:
 def echo_json(data: Any, default: Callable[[Any], Any] | None = None) -> None:
     """JSON on stdout (the console's messages are on stderr, so a pipe gets only this)."""
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=default))
+
+
+def show_reports(json_path: Path | None, html_path: Path | None, figures: dict[str, Any]) -> None:
+    """After a report command wrote its files: the figures on stdout for bare --json, a line per file written."""
+    from curate.console import console
+    from curate.drift import json_default
+
+    if to_stdout(json_path):
+        echo_json(figures, default=json_default)
+    for path in (file_path(json_path), html_path):
+        if path is not None:
+            console.print(f"[green]wrote[/] {path}")

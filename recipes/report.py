@@ -18,13 +18,14 @@ from curate import plots
 from curate.atomic import write_text
 from curate.readers import read_records
 from curate.report import curation_sections, img, page, table
+from recipes.update import history, read_json
 
 
 def write_run_report(ctx, output: Path) -> Path:
     """Write the report of the run in `ctx` (a `recipes.runner.Context`) to `output`."""
     recipe, run_dir = ctx.recipe, ctx.run_dir
     by_name = {s.name: s for s in ctx.stages}
-    evaluation = _json(run_dir / "eval" / "eval.json")
+    evaluation = read_json(run_dir / "eval" / "eval.json")
     sections = [
         _objective(recipe, evaluation, _training_set(by_name), _audit(by_name)),
         _curve(run_dir),
@@ -43,10 +44,6 @@ def write_run_report(ctx, output: Path) -> Path:
     return output
 
 
-def _json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
 def _training_set(by_name: dict) -> Path | None:
     """What `train lora` reads: the reviewed rows, else the last curation step's output."""
     train = by_name.get("train")
@@ -56,7 +53,7 @@ def _training_set(by_name: dict) -> Path | None:
 def _audit(by_name: dict) -> dict[str, Any] | None:
     """`curate audit --json` of the training set against the real rows (the audit stage, when the recipe synthesizes)."""
     stage = by_name.get("audit")
-    return _json(stage.output) if stage is not None else None
+    return read_json(stage.output) if stage is not None else None
 
 
 def _png(path: Path) -> str:
@@ -137,7 +134,7 @@ def _objective(recipe, evaluation: dict[str, Any] | None, training_set: Path | N
 
 def _curve(run_dir: Path) -> str:
     """The learning curve beside the verdict: is more data worth it, and how many rows are enough?"""
-    curve = _json(run_dir / "curve" / "curve.json")
+    curve = read_json(run_dir / "curve" / "curve.json")
     if not curve:
         return ""
     rows = [[p["size"], _pct(p["value"]), f"[{_pct(p['low'])}, {_pct(p['high'])}]", f"{p.get('train_seconds') or 0:.0f}"]
@@ -188,8 +185,6 @@ def _ablations(recipe, evaluation: dict[str, Any] | None) -> str:
 
 def _history(run_dir: Path) -> str:
     """Versions of the adapter, one per update (`smallset run --update`): metric per test set, drift, the decision."""
-    from recipes.update import history
-
     versions = history(run_dir)
     if len(versions) < 2:
         return ""
@@ -282,11 +277,11 @@ def _sources(run_dir: Path, by_name: dict) -> str:
 def _stage_manifest(output: Path) -> dict[str, Any]:
     from curate.manifest import manifest_path
 
-    return _json(manifest_path(output)) or {}
+    return read_json(manifest_path(output)) or {}
 
 
 def _review(run_dir: Path) -> str:
-    summary = _json(run_dir / "review" / "review.json")
+    summary = read_json(run_dir / "review" / "review.json")
     if not summary:
         return ""
     outcomes = summary.get("outcomes", {})

@@ -53,7 +53,8 @@ class Context:
     say: Callable[[str], None]
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time stamp of run.json and version.json entries."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -128,7 +129,7 @@ def run_stages(ctx: Context, result: RunResult) -> RunResult:
         if not resuming and stage.folder.exists() and stage.folder != run_dir:
             shutil.rmtree(stage.folder)  # its inputs changed: nothing in it is valid any more
         say(f"{head}{' [dim](resuming)[/dim]' if resuming else ''}")
-        entry = {"key": key, "status": "running", "started_at": _now(),
+        entry = {"key": key, "status": "running", "started_at": utc_now(),
                  "seconds": entry.get("seconds", 0.0) if resuming else 0.0}
         state["stages"][stage.name] = entry
         _save(run_dir, state)
@@ -144,7 +145,7 @@ def run_stages(ctx: Context, result: RunResult) -> RunResult:
             _save(run_dir, state)
             result.status, result.message = "waiting", outcome
             return result
-        entry.update(status="done", finished_at=_now())
+        entry.update(status="done", finished_at=utc_now())
         _save(run_dir, state)
     return result
 

@@ -27,12 +27,12 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from curate.atomic import atomic_path, write_text
 from recipes.commands import RunError
+from recipes.runner import Context, load_state, run_stages, utc_now
 from recipes.spec import Recipe
 from recipes.stages import Stage, _args, _commands, _exe, digest
 
@@ -54,12 +54,9 @@ def versions_dir(run_dir: Path) -> Path:
     return run_dir / "versions"
 
 
-def _json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A run's JSON record (run.json, version.json, eval.json, ...), None when it is not there (yet)."""
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -68,7 +65,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def current_version(run_dir: Path) -> int | None:
-    found = _json(run_dir / CURRENT_FILE)
+    found = read_json(run_dir / CURRENT_FILE)
     return int(found["version"]) if found else None
 
 
@@ -78,14 +75,13 @@ def history(run_dir: Path) -> list[dict[str, Any]]:
     if not folder.is_dir():
         return []
     current = current_version(run_dir)
-    found = [_json(p / VERSION_FILE) for p in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))]
+    found = [read_json(p / VERSION_FILE) for p in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))]
     return [{**v, "in_use": v["version"] == current} for v in found if v]
 
 
 def run_update(ctx, update: Update, result) -> None:
     """Fold `update` into the run in `ctx` (a `recipes.runner.Context` whose stages are all done)."""
     from recipes.report import write_run_report
-    from recipes.runner import Context, load_state, run_stages
 
     run_dir, say = ctx.run_dir, ctx.say
     for path in [*update.files, update.test]:
@@ -94,9 +90,9 @@ def run_update(ctx, update: Update, result) -> None:
     register_first(ctx)
     number = _version_for(run_dir, update, ctx.recipe)
     vdir = versions_dir(run_dir) / str(number)
-    request = _json(vdir / REQUEST_FILE)
+    request = read_json(vdir / REQUEST_FILE)
     parent = versions_dir(run_dir) / str(request["parent"])
-    tests = {**_json(parent / VERSION_FILE)["tests"], request["test_name"]: request["test"]}
+    tests = {**read_json(parent / VERSION_FILE)["tests"], request["test_name"]: request["test"]}
     stages = plan_update(ctx.recipe, ctx.stages, vdir, [Path(f) for f in request["files"]], parent, tests,
                          request["test_name"])
     say(f"[bold]update: version {number}[/bold] (from version {request['parent']}, {len(request['files'])} new file(s), "
@@ -105,7 +101,7 @@ def run_update(ctx, update: Update, result) -> None:
     if result.status != "done":
         return
     write_run_report(ctx, run_dir / "report.html")  # the history section reads every version
-    decided = _json(vdir / VERSION_FILE)
+    decided = read_json(vdir / VERSION_FILE)
     result.message = f"version {number} {decided['status']}: {decided['reason']}"
     if "promote" in result.skipped:  # decided by an earlier run of the same update: say it again
         say(result.message)
@@ -125,7 +121,7 @@ def _version_for(run_dir: Path, update: Update, recipe: Recipe) -> int:
     folder = versions_dir(run_dir)
     numbers = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
     latest = numbers[-1]
-    request = _json(folder / str(latest) / REQUEST_FILE)
+    request = read_json(folder / str(latest) / REQUEST_FILE)
     fingerprint = _fingerprint(update)
     if latest > 1 and request is None:  # killed while its inputs were being copied: start it again
         shutil.rmtree(folder / str(latest))
@@ -145,7 +141,7 @@ def _version_for(run_dir: Path, update: Update, recipe: Recipe) -> int:
     test = vdir / "test" / Path(update.test).name
     _copy(Path(update.test), test)
     _write_json(vdir / REQUEST_FILE, {
-        "version": number, "parent": current_version(run_dir), "fingerprint": fingerprint, "created_at": _now(),
+        "version": number, "parent": current_version(run_dir), "fingerprint": fingerprint, "created_at": utc_now(),
         "sources": [str(Path(p).resolve()) for p in update.files], "files": files,
         "test_source": str(Path(update.test).resolve()), "test": str(test.resolve()), "test_name": f"test-v{number}",
         "warm_start": recipe.monitor.warm_start, "tolerance": recipe.monitor.tolerance,
@@ -185,18 +181,18 @@ def register_first(ctx) -> None:
     test = vdir / "test" / test_file.name
     if not test.exists():
         _copy(test_file, test)
-    report = _json(vdir / "eval" / "eval.json")
+    report = read_json(vdir / "eval" / "eval.json")
     metric = ctx.recipe.objective.metric
     scores = {"test-v1": _interval(report["intervals"]["adapter"][metric])}
     _write_json(vdir / VERSION_FILE, {
         "version": 1, "parent": None, "status": "promoted", "reason": "the recipe's first run",
-        "created_at": _now(), "metric": metric, "tests": {"test-v1": str(test.resolve())},
+        "created_at": utc_now(), "metric": metric, "tests": {"test-v1": str(test.resolve())},
         "candidate": scores, "current": {}, "checks": [], "drift": None,
         "rows": {"new": None, "kept": None, "training": read_records(data).records.height},
         "adapter": str((vdir / "train" / "adapter").resolve()),
     })
     _write_json(ctx.run_dir / CURRENT_FILE, {"version": 1, "adapter": str((vdir / "train" / "adapter").resolve()),
-                                              "since": _now()})
+                                              "since": utc_now()})
 
 
 def _interval(found: dict[str, Any]) -> dict[str, float]:
@@ -377,16 +373,16 @@ def promote(stage: Stage, ctx) -> None:
 
     p = stage.params
     vdir = stage.output.parent
-    report = _json(vdir / "eval" / "eval.json")
+    report = read_json(vdir / "eval" / "eval.json")
     promoted, checks = decide(report, p["metric"], p["tests"], p["new_test"], p["tolerance"])
-    drift = _json(vdir / "drift" / "drift.json") or {}
+    drift = read_json(vdir / "drift" / "drift.json") or {}
     classifier = (drift.get("checks") or {}).get("classifier") or {}
     terms = [t["term"] for t in (drift.get("terms") or {}).get("current", [])[:6]]
     rows = {k: read_records(Path(v)).records.height for k, v in p["rows"].items()}
     adapter = vdir / "train" / "adapter"
     record = {
         "version": p["version"], "parent": p["parent"], "status": "promoted" if promoted else "refused",
-        "reason": _reason(promoted, checks, p["metric"], p["tolerance"]), "created_at": _now(),
+        "reason": _reason(promoted, checks, p["metric"], p["tolerance"]), "created_at": utc_now(),
         "metric": p["metric"], "tolerance": p["tolerance"], "warm_start": p["warm_start"], "tests": p["tests"],
         "candidate": {c["test"]: c["candidate"] for c in checks}, "current": {c["test"]: c["current"] for c in checks},
         "checks": checks, "rows": rows, "adapter": str(adapter.resolve()),
@@ -396,6 +392,6 @@ def promote(stage: Stage, ctx) -> None:
     _write_json(stage.output, record)
     if promoted:
         _write_json(ctx.run_dir.parent.parent / CURRENT_FILE,
-                    {"version": p["version"], "adapter": str(adapter.resolve()), "since": _now()})
+                    {"version": p["version"], "adapter": str(adapter.resolve()), "since": utc_now()})
     colour = "green" if promoted else "yellow"
     ctx.say(f"[{colour}]version {p['version']} {record['status']}[/{colour}]: {record['reason']}")

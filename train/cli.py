@@ -15,10 +15,10 @@ from rich.console import Console
 from curate import __version__
 from curate.atomic import check_parents
 from curate.console import SmallsetGroup, console
-from curate.library_log import verbose_option
-from curate.renamed_flags import renamed
 from curate.errors import InputError
 from curate.layouts import LAYOUTS
+from curate.library_log import verbose_option
+from curate.renamed_flags import renamed
 from train.config import MAX_EPOCHS, LoraTrainConfig
 from train.cost import DEFAULT_LATENCY_ROWS
 from train.curve import DEFAULT_SIZES, DEFAULT_TOLERANCE

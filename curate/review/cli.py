@@ -321,14 +321,15 @@ def status(workspace: Path, argilla_workspace: str | None, name: str | None, jso
     from curate.review.status import status as run_status
 
     found = run_status(connect(workspace), argilla_workspace, name)
-    if to_stdout(json_path):
-        echo_json([s.to_dict() for s in found])
-        return
     if json_path is not None:
-        from curate.atomic import write_text
+        entries = [s.to_dict() for s in found]
+        if to_stdout(json_path):
+            echo_json(entries)
+        else:
+            from curate.atomic import write_text
 
-        write_text(json_path, json.dumps([s.to_dict() for s in found], indent=2) + "\n")
-        _progress(f"wrote {json_path}")
+            write_text(json_path, json.dumps(entries, indent=2) + "\n")
+            _progress(f"wrote {json_path}")
         return
     if not found:
         _progress("no review datasets yet; push one with `curate review push DATASET`")

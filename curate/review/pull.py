@@ -375,15 +375,16 @@ def pull(path: Path, output: Path, conn: Connection, options: PullOptions) -> Pu
         if q in per_question or q in ("decision", "outcome")
     ]
     unmatched = sum(1 for ext in records if ext.startswith(f"{key}:") and ext not in matched)
-    row_ids = set(df["id"].to_list())
     dataset_list = ", ".join(dict.fromkeys(source.name for source in sources.values()))
     question_notes = dict.fromkeys(note for source in sources.values() for note in source.questions.notes)
     all_notes = list(question_notes) + [f"{text} ({n} answers)" for text, n in notes.items()]
     if unmatched:
         all_notes.append(f"{unmatched} Argilla records of key {key!r} match no row of {path} (its rows changed?)")
-    other_keys = sorted({ext.split(":", 1)[0] for ext in records if ":" in ext and not ext.startswith(f"{key}:")
-                         and ext.split(":", 1)[1] in row_ids}) if not matched else []
-    if other_keys:  # the rows are there under another key: the likely mistake is the key, so name it
+    other_keys = []
+    if not matched:  # the rows may be there under another key: then the key is the likely mistake, so name it
+        row_ids = set(df["id"].to_list())
+        other_keys = sorted({k for k, _, rid in (ext.partition(":") for ext in records) if k != key and rid in row_ids})
+    if other_keys:
         all_notes.append(f"no row of {path} is in {dataset_list!r} under the key {key!r}, but some are under "
                          f"{', '.join(map(repr, other_keys))}: pass the --key they were pushed with")
     rule = ("majority of the decisions (submitted and discarded responses); a tie is "
