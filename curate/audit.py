@@ -24,8 +24,10 @@ and raises a *finding* for each that crosses its threshold (`FINDINGS`):
   (0.01), with example rows;
 * lengths (words) and languages (py3langid) are described, not judged.
 
-With REAL (``--against``), the synthetic rows of DATA (those `synth generate` made; all rows
-when there are none) are measured against it, as SDMetrics and NeMo Safe Synthesizer do:
+With REAL (``--against``), the synthetic rows of DATA (those `synth generate` made; with
+``compare`` "auto", all rows when none is marked, a set made by another tool; with "synthetic",
+the marked rows only, so that a training set of real rows is not taken for copies of them) are
+measured against it, as SDMetrics and NeMo Safe Synthesizer do:
 
 * ``fidelity``: `curate.drift.compare` of synthetic against real (the domain classifier's
   cross-validated ROC AUC on embeddings, label and language Jensen-Shannon distance, length KS,
@@ -92,6 +94,8 @@ from curate.text import DEFAULT_NORMALIZATION, field_text, is_classification, ma
 
 FINDINGS = ("imbalance", "coverage", "duplicates", "label_conflicts", "association", "fidelity", "privacy")
 """What can be flagged, in the order the report lists them."""
+COMPARE = ("auto", "synthetic")
+"""Which rows of DATA `--against` measures (`AuditConfig.compare`)."""
 PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
 _EXAMPLES = 3
 _MIN_BASELINE = 4
@@ -111,6 +115,8 @@ class AuditConfig:
     """The synth task spec whose axes are the coverage target; None: found through DATA's manifests."""
     fields: tuple[str, ...] | None = None
     """Compared text; None (auto): the input text for classification rows, else user and assistant."""
+    compare: str = "auto"
+    """Rows measured against REAL: "synthetic" (the marked rows only) or "auto" (those, else every row)."""
     max_imbalance: float = 3.0
     min_coverage: float = 0.5
     max_duplicates: float = 0.02
@@ -151,6 +157,8 @@ class AuditConfig:
         for name in ("max_label_conflicts", "min_term_rows", "max_pii_replay"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be 0 or more")
+        if self.compare not in COMPARE:
+            raise ValueError(f"--compare must be one of {', '.join(COMPARE)}, got {self.compare!r}")
         if self.max_rows < 2:
             raise ValueError(f"--max-rows must be at least 2, got {self.max_rows}")
 
@@ -197,9 +205,13 @@ def audit(data: pl.DataFrame, real: pl.DataFrame | None = None, config: AuditCon
     else:
         if real.height == 0:
             raise InputError(names[1], "the dataset is empty: nothing to compare with")
-        compared = data.filter(pl.Series(synthetic)) if any(synthetic) else data
         figures["against"] = {"path": names[1], "rows": real.height}
-        fid, priv, series["privacy"] = fidelity_privacy(compared, real, config, fields=fields, names=names)
+        if any(synthetic) or config.compare == "auto":
+            compared = data.filter(pl.Series(synthetic)) if any(synthetic) else data
+            fid, priv, series["privacy"] = fidelity_privacy(compared, real, config, fields=fields, names=names)
+        else:
+            reason = f"no synthetic row in {names[0]} (--compare synthetic)"
+            fid, priv = {"verdict": NOT_RUN, "reasons": [reason]}, {"verdict": NOT_RUN, "reasons": [reason]}
         figures["fidelity"], figures["privacy"] = fid, priv
         for name, section in (("fidelity", fid), ("privacy", priv)):
             if section["verdict"] == FAIL:
@@ -760,6 +772,9 @@ def render_html(report: AuditReport, title: str) -> str:
 @click.option("--fields", default="auto", show_default=True,
               help="Text compared: comma-separated system/user/assistant/label; auto: user for classification rows, "
                    "else user,assistant.")
+@click.option("--compare", type=click.Choice(COMPARE), default="auto", show_default=True,
+              help="Rows measured against REAL: synthetic (the rows synth generate made; none: not run) or auto "
+                   "(those, else every row: a set another tool made).")
 @click.option("--max-imbalance", type=float, default=3.0, show_default=True, help="Largest label count / smallest.")
 @click.option("--min-coverage", type=float, default=0.5, show_default=True,
               help="Least share of its target share a slice value must reach.")

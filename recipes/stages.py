@@ -220,9 +220,10 @@ def _pipeline(recipe: Recipe, run_dir: Path, *, main: bool = True, main_curve: P
 def _audit_stage(run_dir: Path, data: Path, real: Path | None, args) -> Stage:
     """`curate audit` of the training set, its synthetic rows against the real ones (fidelity, privacy),
     before anything trains on it; the run report puts its verdicts beside the objective's.
-    A recipe without real rows gets the audit without them (its verdicts read "not run")."""
+    A recipe without real rows gets the audit without them (its verdicts read "not run"), and so
+    does a training set without synthetic rows: its real rows are REAL's own, not copies of them."""
     out = run_dir / "audit"
-    against = ["--against", str(real)] if real is not None else []
+    against = ["--against", str(real), "--compare", "synthetic"] if real is not None else []
     cmd = [_exe("curate"), "audit", str(data), *against, "--json", str(out / "audit.json"), "-o", str(out / "audit.html"),
            *args("curate audit", {}, "audit")]
     return Stage("audit", out / "audit.json", [data, *([real] if real is not None else [])], [cmd],

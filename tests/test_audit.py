@@ -82,6 +82,7 @@ def runs(tmp_path_factory) -> dict:
     first = [call("heldout", "heldout", "--against", files["real"], "--fail-on", "fidelity", "--fail-on", "privacy")]
     others = [
         call("copies", "copies", "--against", files["real"], "--fail-on", "privacy"),
+        call("own_rows", "real", "--against", files["real"], "--compare", "synthetic", "--fail-on", "privacy"),
         call("planted", "planted", "--strict"),
         call("even", "even", "--fail-on", "imbalance", "--fail-on", "association"),
         call("custom_terms", "planted", "--terms", files["terms"]),
@@ -163,6 +164,17 @@ def test_copies_of_real_rows_fail_privacy(runs):
     assert privacy["dcr"]["synthetic_median_vs_rest"] < privacy["dcr"]["holdout_median"]
     assert copies["examples"][0]["cosine_similarity"] == pytest.approx(1.0, abs=1e-4)
     assert "Privacy: distance to the closest real record" in run["html"]
+
+
+def test_a_training_set_of_reals_own_rows_is_not_taken_for_copies(runs):
+    """A recipe's training set without synthetic rows is REAL's own rows: with --compare synthetic (what the
+    recipe's audit stage passes) there is nothing to measure, where "auto" would call every row a copy."""
+    run = runs["own_rows"]
+    assert run["proc"].returncode == 0, run["proc"].stderr
+    report = run["report"]
+    assert report["data"]["synthetic_rows"] == 0 and not {"fidelity", "privacy"} & _findings(run)
+    for key in ("fidelity", "privacy"):
+        assert report[key]["verdict"] == "not run" and "no synthetic row" in report[key]["reasons"][0]
 
 
 def test_a_set_from_reals_own_distribution_passes_fidelity_and_privacy(runs):

@@ -153,6 +153,7 @@ def test_the_audit_runs_on_the_training_set_against_the_real_rows_before_trainin
     command = audit.commands[0]
     assert command[1:3] == ["audit", str(finished["training_set"])]
     assert command[command.index("--against") + 1] == str(finished["run_dir"] / "real" / "real.parquet")
+    assert command[command.index("--compare") + 1] == "synthetic"  # real rows in the set are REAL's own
 
 
 def test_labels_compare_every_candidate_with_the_training_set_real_and_synthetic_apart(finished, page):
