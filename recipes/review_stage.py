@@ -32,7 +32,7 @@ from curate.readers import read_records
 from curate.review.server import DEFAULT_PORT, DEFAULT_WORKSPACE, Workspace, external_deployment
 from curate.writers import write_records
 from recipes.commands import RunError, run_command
-from recipes.stages import DEFAULT_REVIEW_ROUTE, _exe
+from recipes.stages import DEFAULT_REVIEW_ROUTE, tool_exe
 
 SERVER_START_S = 300.0
 OUTCOME = "review_outcome"
@@ -56,7 +56,7 @@ def ensure_server(workspace: Path, port: int, say) -> str:
     if info is None:
         start = log_path.stat().st_size if log_path.exists() else 0
         with open(log_path, "ab") as log:
-            started = subprocess.Popen([_exe("curate"), "review", "serve", "--workspace", str(workspace), "--port", str(port)],
+            started = subprocess.Popen([tool_exe("curate"), "review", "serve", "--workspace", str(workspace), "--port", str(port)],
                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + SERVER_START_S
     while time.monotonic() < deadline:
@@ -84,9 +84,9 @@ def review(stage, ctx) -> str | None:
     # path) adds only new rows, and two recipes can share one Argilla dataset.
     names = ["--name", params["dataset"], "--key", params["key"]]
     source = stage.inputs[0]
-    run_command([_exe("curate"), "review", "push", str(source), *names, *where, *params["push"]], "review")
+    run_command([tool_exe("curate"), "review", "push", str(source), *names, *where, *params["push"]], "review")
     pulled = stage.folder / "pulled.parquet"
-    run_command([_exe("curate"), "review", "pull", str(source), "-o", str(pulled), *names, *where], "review")
+    run_command([tool_exe("curate"), "review", "pull", str(source), "-o", str(pulled), *names, *where], "review")
     return accept(stage, ctx, source, pulled, url)
 
 

@@ -76,7 +76,7 @@ def digest(path: Path) -> str:
     return content_hash(path, skip=lambda relative: "checkpoints" in relative.parts)
 
 
-def _commands() -> dict[str, click.Command]:
+def tool_commands() -> dict[str, click.Command]:
     """The click commands the recipe's sections map onto (imported lazily: they pull in torch)."""
     from curate.cli import main as curate_cli
     from synth.cli import main as synth_cli
@@ -91,7 +91,8 @@ def _commands() -> dict[str, click.Command]:
     return found
 
 
-def _exe(tool: str) -> str:
+def tool_exe(tool: str) -> str:
+    """The console script `tool` of this installation (beside the running Python), else `tool` on PATH."""
     exe = BIN / tool
     return str(exe) if exe.exists() else tool
 
@@ -125,13 +126,13 @@ def _pipeline(recipe: Recipe, run_dir: Path, *, main: bool = True, main_curve: P
     `main_curve`: planning an ablation variant, the main run's learning curve (which its
     `select --size auto` reads too); the variant has no curve stage of its own.
     """
-    cmds = _commands()
+    cmds = tool_commands()
     path = recipe.path
     stages: list[Stage] = []
     test = recipe.resolve(recipe.data.test)
 
     def args(command: str, options: dict, where: str, reserved: tuple[str, ...] = ()) -> list[str]:
-        return _args(cmds, path, command, options, where, reserved)
+        return stage_args(cmds, path, command, options, where, reserved)
 
     parts: list[Path] = []
     if recipe.data.real:
@@ -141,25 +142,25 @@ def _pipeline(recipe: Recipe, run_dir: Path, *, main: bool = True, main_curve: P
             options = {"map": src.map, "layout": src.layout, "source": src.source or src.path.stem}
             options = {k: v for k, v in options.items() if v}
             part = out if len(recipe.data.real) == 1 else run_dir / "real" / f"real-{i + 1}.parquet"
-            commands.append([_exe("curate"), "ingest", str(recipe.resolve(src.path)), "-o", str(part),
+            commands.append([tool_exe("curate"), "ingest", str(recipe.resolve(src.path)), "-o", str(part),
                              *args("curate ingest", options, f"data.real.{i}")])
         if len(recipe.data.real) > 1:
             parts_in = [str(run_dir / "real" / f"real-{i + 1}.parquet") for i in range(len(recipe.data.real))]
-            commands.append([_exe("curate"), "ingest", *parts_in, "-o", str(out)])
+            commands.append([tool_exe("curate"), "ingest", *parts_in, "-o", str(out)])
         stages.append(Stage("real", out, [recipe.resolve(s.path) for s in recipe.data.real], commands,
                             what="read the real examples"))
         parts.append(out)
     if recipe.data.synth:
         out = run_dir / "synth" / "synth.parquet"
         task = recipe.resolve(recipe.data.synth.task)
-        cmd = [_exe("synth"), "generate", str(task), "-o", str(out),
+        cmd = [tool_exe("synth"), "generate", str(task), "-o", str(out),
                *args("synth generate", recipe.data.synth.options, "data.synth.options")]
         stages.append(Stage("synth", out, [task], [cmd], what="generate synthetic examples with the teacher"))
         parts.append(out)
 
     current = run_dir / "merge" / "all.parquet"
     stages.append(Stage("merge", current, list(parts),
-                        [[_exe("curate"), "ingest", *map(str, parts), "-o", str(current)]],
+                        [[tool_exe("curate"), "ingest", *map(str, parts), "-o", str(current)]],
                         what="one dataset from every source"))
     pool = parts[0] if recipe.data.real else current
 
@@ -187,7 +188,7 @@ def _pipeline(recipe: Recipe, run_dir: Path, *, main: bool = True, main_curve: P
                 options.setdefault("curve", str(curve_json))
                 inputs.append(curve_json)
         out = run_dir / stage_name / f"{stage_name}.parquet"
-        cmd = [_exe("curate"), name, str(current), "-o", str(out), *extra,
+        cmd = [tool_exe("curate"), name, str(current), "-o", str(out), *extra,
                *args(f"curate {name}", options, f"curate.{i}.{name}", reserved=("against",))]
         stages.append(Stage(stage_name, out, inputs, [cmd], what=f"curate {name}"))
         current = out
@@ -209,7 +210,7 @@ def _pipeline(recipe: Recipe, run_dir: Path, *, main: bool = True, main_curve: P
 
     adapter_dir = run_dir / "train"
     stages.append(Stage("train", adapter_dir, [current],
-                        [[_exe("train"), "lora", str(current), "-o", str(adapter_dir),
+                        [[tool_exe("train"), "lora", str(current), "-o", str(adapter_dir),
                           *args("train lora", recipe.train, "train", reserved=("resume",))]],
                         what="train the LoRA adapter", kind="train"))
     if curve is not None and main and not any(s.name == "curve" for s in stages):
@@ -224,14 +225,15 @@ def _audit_stage(run_dir: Path, data: Path, real: Path | None, args) -> Stage:
     does a training set without synthetic rows: its real rows are REAL's own, not copies of them."""
     out = run_dir / "audit"
     against = ["--against", str(real), "--compare", "synthetic"] if real is not None else []
-    cmd = [_exe("curate"), "audit", str(data), *against, "--json", str(out / "audit.json"), "-o", str(out / "audit.html"),
+    cmd = [tool_exe("curate"), "audit", str(data), *against, "--json", str(out / "audit.json"), "-o", str(out / "audit.html"),
            *args("curate audit", {}, "audit")]
     return Stage("audit", out / "audit.json", [data, *([real] if real is not None else [])], [cmd],
                  what="audit the training set: balance, coverage, bias; synthetic fidelity and privacy")
 
 
-def _args(cmds: dict[str, click.Command], path: Path, command: str, options: dict, where: str,
-          reserved: tuple[str, ...] = ()) -> list[str]:
+def stage_args(cmds: dict[str, click.Command], path: Path, command: str, options: dict, where: str,
+               reserved: tuple[str, ...] = ()) -> list[str]:
+    """A recipe section's `options` as `command`'s flags, validated by the command itself (`-o` is the stage's)."""
     if command not in cmds:
         from curate.errors import InputError
 
@@ -255,12 +257,12 @@ def _curve_stage(recipe: Recipe, run_dir: Path, data: Path, pool: Path) -> Stage
     """`train curve` on `data` with the recipe's training settings, scored like the verdict."""
     test = recipe.resolve(recipe.data.test)
     out = run_dir / "curve"
-    cmds = _commands()
+    cmds = tool_commands()
     where = "eval.curve"
     options = {**recipe.train, **recipe.eval["curve"]}
-    cmd = [_exe("train"), "curve", str(data), "--test", str(test), "-o", str(out), "--metric", recipe.objective.metric,
+    cmd = [tool_exe("train"), "curve", str(data), "--test", str(test), "-o", str(out), "--metric", recipe.objective.metric,
            "--shots-from", str(pool), *_objective_args(recipe),
-           *_args(cmds, recipe.path, "train curve", options, where, reserved=("test", "metric", "task", "labels", "shots-from"))]
+           *stage_args(cmds, recipe.path, "train curve", options, where, reserved=("test", "metric", "task", "labels", "shots-from"))]
     return Stage("curve", out / "curve.json", [data, test, pool], [cmd],
                  what="learning curve: the metric against the number of training rows")
 
@@ -274,9 +276,9 @@ def _eval_stage(recipe: Recipe, run_dir: Path, train: Stage, pool: Path, variant
     options = _eval_options(recipe)
     given = options.pop("shots-from", options.pop("shots_from", None))
     options["shots-from"] = str(recipe.resolve(given) if given else pool)  # one k-shot pool for every adapter of the run
-    eval_cmd = [_exe("train"), "eval", str(train.output), "--test", str(test), "-o", str(eval_dir),
+    eval_cmd = [tool_exe("train"), "eval", str(train.output), "--test", str(test), "-o", str(eval_dir),
                 "--metric", objective.metric, "--target", target, *_objective_args(recipe),
-                *_args(_commands(), recipe.path, "train eval", options, "eval",
+                *stage_args(tool_commands(), recipe.path, "train eval", options, "eval",
                        reserved=("test", "task", "metric", "target", "labels", "compare"))]
     for name, adapter in variants.items():
         eval_cmd += ["--compare", f"{name}={adapter}"]

@@ -34,7 +34,7 @@ from curate.atomic import atomic_path, write_text
 from recipes.commands import RunError
 from recipes.runner import Context, load_state, run_stages, utc_now
 from recipes.spec import Recipe
-from recipes.stages import Stage, _args, _commands, _exe, digest
+from recipes.stages import Stage, digest, stage_args, tool_commands, tool_exe
 
 CURRENT_FILE = "current.json"
 VERSION_FILE = "version.json"
@@ -228,26 +228,26 @@ def update_steps(recipe: Recipe) -> list[tuple[str, dict[str, Any]]]:
 def plan_update(recipe: Recipe, main: list[Stage], vdir: Path, files: list[Path], parent: Path,
                 tests: dict[str, str], new_test: str) -> list[Stage]:
     """The stages of one update under `vdir`; the train and eval commands are the recipe's own, re-aimed."""
-    cmds = _commands()
+    cmds = tool_commands()
     by_name = {s.name: s for s in main}
     monitor = recipe.monitor
     previous = parent / "data" / "train.parquet"
     stages: list[Stage] = []
 
     def args(command: str, options: dict, where: str, reserved: tuple[str, ...] = ()) -> list[str]:
-        return _args(cmds, recipe.path, command, options, where, reserved)
+        return stage_args(cmds, recipe.path, command, options, where, reserved)
 
     first = recipe.data.real[0] if recipe.data.real else None
     read = {"map": monitor.map if monitor.map is not None else (first.map if first else {}),
             "layout": monitor.layout or (first.layout if first else None)}
     new = vdir / "new" / "new.parquet"
-    stages.append(Stage("new", new, list(files), [[_exe("curate"), "ingest", *map(str, files), "-o", str(new),
+    stages.append(Stage("new", new, list(files), [[tool_exe("curate"), "ingest", *map(str, files), "-o", str(new),
                                                    *args("curate ingest", {k: v for k, v in read.items() if v},
                                                          "monitor")]],
                         what="read the new batch"))
     drift = vdir / "drift"
     stages.append(Stage("drift", drift / "drift.json", [new, previous], [[
-        _exe("curate"), "drift", str(new), "--against", str(previous), "--json", str(drift / "drift.json"),
+        tool_exe("curate"), "drift", str(new), "--against", str(previous), "--json", str(drift / "drift.json"),
         "-o", str(drift / "drift.html"), *args("curate drift", monitor.drift, "monitor.drift",
                                                reserved=("against", "json", "strict"))]],
         what="drift of the new batch from the current training set"))
@@ -269,7 +269,7 @@ def plan_update(recipe: Recipe, main: list[Stage], vdir: Path, files: list[Path]
             options.setdefault("metric", recipe.objective.metric)
         out = vdir / stage_name / f"{stage_name}.parquet"
         stages.append(Stage(stage_name, out, inputs, [[
-            _exe("curate"), name, str(current), "-o", str(out), *extra,
+            tool_exe("curate"), name, str(current), "-o", str(out), *extra,
             *args(f"curate {name}", options, f"monitor.curate.{i}.{name}", reserved=("against",))]],
             what=f"curate {name} (new rows)"))
         current = out
@@ -282,7 +282,7 @@ def plan_update(recipe: Recipe, main: list[Stage], vdir: Path, files: list[Path]
         current = out
     data = vdir / "data" / "train.parquet"
     stages.append(Stage("data", data, [previous, current],
-                        [[_exe("curate"), "ingest", str(previous), str(current), "-o", str(data)]],
+                        [[tool_exe("curate"), "ingest", str(previous), str(current), "-o", str(data)]],
                         what="the current training set and the new rows"))
     train_dir = vdir / "train"
     main_train = _without(by_name["train"].commands[0])
