@@ -141,25 +141,33 @@ class RayExecutor:
         n, parts = len(texts), self.workers
         bands, rows = lsh_params(float(config.threshold), config.num_perm, config.lsh_weights)
         bounds = _chunks(texts, budget=max(1, -(-sum(map(len, texts)) // (self.workers * 4))))
+        # The texts go into the object store once, as one UTF-8 buffer and its offsets (zero-copy numpy on every
+        # reader): the signing tasks read their range of it and the verification tasks the rows of their pairs,
+        # instead of every task carrying its own copy of its texts (verification alone then put each text into the
+        # store once per chunk of candidates it appears in: many times the input, spilled to disk at 1M rows).
+        shared = self.ray.put(_text_buffer(texts))
         sign = self._remote(_sign_and_route, num_returns=parts) if parts > 1 else self._remote(_sign_and_route)
-        pieces = [sign.remote(texts[s:e], s, config, bands, rows, parts) for s, e in bounds]
+        pieces = [sign.remote(shared, s, e, config, bands, rows, parts) for s, e in bounds]
         pieces = [p if parts > 1 else [p] for p in pieces]
         bucket = self._remote(_bucket_pairs)
-        codes = self._get([bucket.remote(n, *[piece[p] for piece in pieces]) for p in range(parts)])
+        codes = [bucket.remote(n, *[piece[p] for piece in pieces]) for p in range(parts)]
+        del pieces  # each partition's keys are released as soon as its bucket task has run
+        codes = self._get(codes)
         codes = np.unique(np.concatenate(codes)) if codes else np.empty(0, dtype=np.int64)
         candidates = np.stack(np.divmod(codes, np.int64(n)), axis=1).astype(np.int64).reshape(-1, 2)
-        similarity = self._verify(texts, candidates, config)
+        del codes
+        similarity = self._verify(shared, candidates, config)
+        del shared  # the texts leave the store once the last verification task has run
         keep = similarity >= config.threshold
         return candidates[keep], similarity[keep]
 
-    def _verify(self, texts: list[str], pairs: np.ndarray, config) -> np.ndarray:
+    def _verify(self, shared, pairs: np.ndarray, config) -> np.ndarray:
+        """Exact Jaccard of `pairs`, in chunks of candidates; each task takes its texts from `shared`."""
         per_task = min(20_000, max(2_000, -(-len(pairs) // (4 * self.workers))))
         verify = self._remote(_verify_chunk)
-        refs = []
-        for s in range(0, len(pairs), per_task):
-            involved, local = np.unique(pairs[s : s + per_task], return_inverse=True)
-            refs.append(verify.remote(config, [texts[k] for k in involved.tolist()], local.reshape(-1, 2).astype(np.int64)))
+        refs = [verify.remote(config, shared, pairs[s : s + per_task]) for s in range(0, len(pairs), per_task)]
         found = self._get(refs)
+        del refs
         return np.concatenate(found) if found else np.empty(0, dtype=np.float64)
 
     def semantic_pairs(self, vectors: np.ndarray, config) -> tuple[np.ndarray, np.ndarray]:
@@ -251,14 +259,30 @@ def _first_of_text(*pieces: pl.DataFrame) -> np.ndarray:
     return linked.select("first", "i").to_numpy().astype(np.int64)
 
 
-def _sign_and_route(texts: list[str], offset: int, config, bands: int, rows: int, parts: int):
-    """MinHash signatures of a shard, one key per band and live row, split by key into `parts` partitions."""
+def _text_buffer(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`texts` as one UTF-8 buffer (uint8) and offsets (n + 1, int64): text k is buffer[offsets[k]:offsets[k + 1]]."""
+    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+def _texts_at(shared: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> list[str]:
+    """The texts of `rows` (row numbers) from a `_text_buffer`, decoded from the buffer in place."""
+    buffer, offsets = shared
+    rows = np.asarray(rows, dtype=np.int64)
+    view = memoryview(buffer)
+    return [str(view[s:e], "utf-8", "surrogatepass") for s, e in zip(offsets[rows].tolist(), offsets[rows + 1].tolist())]
+
+
+def _sign_and_route(shared, start: int, end: int, config, bands: int, rows: int, parts: int):
+    """MinHash signatures of rows [start, end), one key per band and live row, split by key into `parts` partitions."""
     from curate.dedup import near
 
     near._init_worker(config)
-    live, keys = near.band_keys(near._sign_task(texts), bands, rows)
+    live, keys = near.band_keys(near._sign_task(_texts_at(shared, np.arange(start, end))), bands, rows)
     band = np.repeat(np.arange(bands, dtype=np.int16), len(live))
-    row = np.tile(live.astype(np.int64) + offset, bands)
+    row = np.tile(live.astype(np.int64) + start, bands)
     key = keys.ravel()
     target = key % np.uint64(parts)
     split = [(band[target == p], key[target == p], row[target == p]) for p in range(parts)]
@@ -283,11 +307,13 @@ def _bucket_pairs(n: int, *pieces) -> np.ndarray:
     return np.unique(_run_pairs(row[order], same, n))
 
 
-def _verify_chunk(config, texts: list[str], pairs: np.ndarray) -> np.ndarray:
+def _verify_chunk(config, shared, pairs: np.ndarray) -> np.ndarray:
+    """Exact Jaccard of a chunk of candidate pairs (rows of the whole input), texts taken from `shared`."""
     from curate.dedup import near
 
     near._init_worker(config)
-    return near._verify_task((texts, pairs))
+    involved, local = np.unique(pairs, return_inverse=True)
+    return near._verify_task((_texts_at(shared, involved), local.reshape(-1, 2).astype(np.int64)))
 
 
 def _search_blocks(vectors: np.ndarray, starts: list[int], threshold: float):
