@@ -206,8 +206,11 @@ def audit(data: pl.DataFrame, real: pl.DataFrame | None = None, config: AuditCon
         if real.height == 0:
             raise InputError(names[1], "the dataset is empty: nothing to compare with")
         figures["against"] = {"path": names[1], "rows": real.height}
-        if any(synthetic) or config.compare == "auto":
-            compared = data.filter(pl.Series(synthetic)) if any(synthetic) else data
+        if any(synthetic):
+            compared = data.filter(pl.Series(synthetic))
+        else:  # no marked row: a set another tool made (auto), or real rows only (synthetic)
+            compared = data if config.compare == "auto" else None
+        if compared is not None:
             fid, priv, series["privacy"] = fidelity_privacy(compared, real, config, fields=fields, names=names)
         else:
             reason = f"no synthetic row in {names[0]} (--compare synthetic)"

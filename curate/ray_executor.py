@@ -157,7 +157,6 @@ class RayExecutor:
         candidates = np.stack(np.divmod(codes, np.int64(n)), axis=1).astype(np.int64).reshape(-1, 2)
         del codes
         similarity = self._verify(shared, candidates, config)
-        del shared  # the texts leave the store once the last verification task has run
         keep = similarity >= config.threshold
         return candidates[keep], similarity[keep]
 
@@ -167,7 +166,6 @@ class RayExecutor:
         verify = self._remote(_verify_chunk)
         refs = [verify.remote(config, shared, pairs[s : s + per_task]) for s in range(0, len(pairs), per_task)]
         found = self._get(refs)
-        del refs
         return np.concatenate(found) if found else np.empty(0, dtype=np.float64)
 
     def semantic_pairs(self, vectors: np.ndarray, config) -> tuple[np.ndarray, np.ndarray]:
