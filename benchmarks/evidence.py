@@ -89,12 +89,12 @@ def _load(name: str, path: Path):
 man_corpus = _load("smallset_man_corpus", Path(__file__).resolve().parent / "man_corpus.py")
 
 from curate.atomic import write_text  # noqa: E402
+from curate.conditions import is_flagged  # noqa: E402
 from train.bootstrap import interval, paired_difference, resample_indices  # noqa: E402
 
 STEPS = ("dedup", "decontaminate", "filter", "check-labels", "select")
 REVIEW_ARMS = ("pending", "reviewed")
 ARMS = ("raw", "curated", *REVIEW_ARMS, *(f"no-{s}" for s in STEPS))
-FLAG_COLUMNS = ("label_issue", "label_conflict")  # what the curated chain routes to people
 VERSIONS = ("clean", "noisy")
 TASK, METRICS = "classification", ("accuracy", "macro_f1")
 NOISY_MAX_ROWS = 1000  # the issue's "curated set of <= 1,000 rows"
@@ -383,11 +383,7 @@ class Version:
         """The curated rows after the review stage of `arm`: flagged rows left out (pending), or decided by the
         simulated annotator (reviewed); the rows a person reads and the decisions."""
         df = pl.read_parquet(data)
-        flagged = pl.lit(False)
-        for column in FLAG_COLUMNS:
-            if column in df.columns:
-                flagged = flagged | pl.col(column).fill_null(False)
-        mask = df.select(flagged.alias("f"))["f"].to_list()
+        mask = df.select(is_flagged(df).alias("f"))["f"].to_list()
         out = data.with_name(data.name.removesuffix(".parquet") + f"+{arm}.parquet")
         if arm == "pending":
             kept = df.filter(~pl.Series(mask))

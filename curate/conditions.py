@@ -13,6 +13,7 @@ import polars as pl
 
 
 SYNTH_SOURCE_PREFIX = "synth"
+FLAG_COLUMNS = ("label_issue", "label_conflict")  # boolean columns curate steps set on rows they keep but doubt
 
 
 class ConditionError(ValueError):
@@ -24,6 +25,15 @@ def is_synthetic() -> pl.Expr:
     from_source = pl.col("source").fill_null("").str.starts_with(SYNTH_SOURCE_PREFIX)
     from_meta = pl.col("meta").fill_null("{}").str.json_path_match("$.synth").is_not_null()
     return from_source | from_meta
+
+
+def is_flagged(df: pl.DataFrame) -> pl.Expr:
+    """Rows a curate step kept but doubts: check-labels' `label_issue`, dedup's `label_conflict` (NULL: not flagged)."""
+    flagged = pl.lit(False)
+    for column in FLAG_COLUMNS:
+        if column in df.columns:
+            flagged = flagged | pl.col(column).cast(pl.Boolean).fill_null(False)
+    return flagged
 
 
 def with_condition_columns(df: pl.DataFrame, condition: str) -> pl.DataFrame:

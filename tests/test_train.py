@@ -24,6 +24,7 @@ from curate.readers import read_records
 from conftest import write_jsonl
 from train.batches import by_length, collate, length_grouped
 from train.cli import main as train_cli
+from train.errors import TrainError
 from train.split import stratified_split
 from train.tokenize import IGNORE, auto_max_length, encode, render
 
@@ -155,6 +156,39 @@ def test_stratified_split_keeps_every_label_in_validation():
     # No labels: a plain random split of the asked size.
     train, val = stratified_split([None] * 30, size=5, seed=1)
     assert len(val) == 5 and not set(train) & set(val)
+
+
+def test_flagged_rows_train_but_never_validate():
+    labels = ["common"] * 20 + ["rare"] * 4
+    eligible = [i % 5 != 0 for i in range(20)] + [False, False, False, True]
+    train, val = stratified_split(labels, fraction=0.25, seed=3, eligible=eligible)
+    assert len(val) == 6 and all(eligible[i] for i in val) and sorted(train + val) == list(range(24))
+    # The rare label's one eligible row may validate: its three flagged rows keep it in training.
+    assert {labels[i] for i in val} == {"common", "rare"} and {labels[i] for i in train} == {"common", "rare"}
+    assert stratified_split(labels, fraction=0.25, seed=3, eligible=[True] * 24) == stratified_split(labels, fraction=0.25, seed=3)
+    with pytest.raises(TrainError, match="more rows than the 3 that may be held out"):
+        stratified_split(labels, size=5, eligible=[i < 3 for i in range(24)])
+
+
+def test_prepare_keeps_curation_flags_out_of_validation(tokenizer, tmp_path):
+    import polars as pl
+
+    from train.config import LoraTrainConfig
+    from train.lora import prepare
+
+    records = read_records(write_jsonl(tmp_path / "flags.jsonl", rows(40))).records
+    records = records.with_columns(id=pl.format("row{}", pl.int_range(pl.len())))  # content ids repeat here
+    ids = records["id"].to_list()
+    issues, conflicts = set(ids[0::6]), set(ids[3::6])  # check-labels' and dedup's flags; NULL is "not flagged"
+    records = records.with_columns(
+        label_issue=pl.col("id").is_in(list(issues)),
+        label_conflict=pl.when(pl.col("id").is_in(list(conflicts))).then(True).otherwise(None),
+    )
+    prepared = prepare(records, tokenizer, LoraTrainConfig(val_size=8, max_length=64))
+    assert prepared.flagged == len(issues | conflicts) == 14 and len(prepared.val_ids) == 8
+    assert not (issues | conflicts) & set(prepared.val_ids) and (issues | conflicts) <= set(prepared.train_ids)
+    included = prepare(records, tokenizer, LoraTrainConfig(val_size=8, max_length=64, val_exclude_flagged=False))
+    assert included.flagged == 0 and (issues | conflicts) & set(included.val_ids)  # the old split, flags and all
 
 
 def test_length_grouped_batches_cover_every_row_once_with_little_padding():

@@ -91,6 +91,8 @@ _LORA_OPTIONS = [
     click.option("--dropout", type=float, default=_D.dropout, help="LoRA dropout."),
     click.option("--val-fraction", type=float, default=_D.val_fraction, help="Share of rows held out for validation (stratified by label)."),
     click.option("--val-size", type=int, default=None, help="Exact number of validation rows (overrides --val-fraction)."),
+    click.option("--val-exclude-flagged/--val-include-flagged", default=_D.val_exclude_flagged, show_default=True,
+                 help="Keep rows curation flagged (label_issue, label_conflict) out of validation; they still train."),
     click.option("--eval-every", type=int, default=None, help="Evaluate every N optimizer steps.  [default: every epoch]"),
     click.option("--patience", type=int, default=_D.patience, help="Stop after N evaluations without a lower validation loss."),
     click.option("--batch-size", type=int, default=None, help="Effective batch: rows per optimizer step.  [default: 16, or train rows // --min-steps-per-epoch when fewer]"),

@@ -78,6 +78,11 @@ class LoraTrainConfig:
     val_size: int | None = None
     """Exact number of validation rows; overrides val_fraction."""
 
+    val_exclude_flagged: bool = True
+    """Rows curation kept but flagged (check-labels' label_issue, dedup's label_conflict) still train but are
+    never validation rows: a validation set holding suspected label errors rewards reproducing them, and on the
+    evidence benchmark's noisy pool it stopped the curated set at epoch 2 of 4 (issue 14)."""
+
     eval_every: int | None = None
     """Evaluate every N optimizer steps; None = at the end of every epoch."""
 

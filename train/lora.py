@@ -62,6 +62,7 @@ class Prepared:
     max_length: int
     truncated: int
     dropped: int  # rows whose reply was cut off entirely by truncation
+    flagged: int = 0  # rows curation flagged: training only, never validation (val_exclude_flagged)
 
 
 @dataclass
@@ -145,6 +146,8 @@ def _train(data, output_dir, config: LoraTrainConfig, resume: bool, progress: bo
         say(f"[yellow]warning:[/] {prepared.truncated} rows are longer than {prepared.max_length} tokens and were truncated")
     if prepared.dropped:
         say(f"[yellow]warning:[/] {prepared.dropped} rows lost their whole reply to truncation and were left out")
+    if prepared.flagged:
+        say(f"note: {prepared.flagged} rows flagged by curation (label_issue, label_conflict) train but are kept out of validation (--val-include-flagged to allow them)")
 
     model = load_model(resolved, config, device)
     forward = world.wrap(model, target_loss_sum)
@@ -241,7 +244,8 @@ def _train(data, output_dir, config: LoraTrainConfig, resume: bool, progress: bo
                                micro_batch_size=micro_batch, grad_accumulation=accumulation, world_size=world.size)
     manifest.counts.update(
         rows_in=records.height, train_rows=len(prepared.train), validation_rows=len(prepared.val),
-        truncated_rows=prepared.truncated, dropped_rows=prepared.dropped, steps=state.step,
+        truncated_rows=prepared.truncated, dropped_rows=prepared.dropped, flagged_train_only_rows=prepared.flagged,
+        steps=state.step,
         total_steps=total_steps, tokens_trained=state.tokens,
     )
     manifest.metrics.update(metrics)
@@ -297,14 +301,20 @@ def prepare(records: pl.DataFrame, tokenizer, config: LoraTrainConfig, path: Pat
     keep = [i for i, e in enumerate(encoded) if e.n_targets > 0]
     labels = records["label"].to_list() if "label" in records.columns else [None] * records.height
     ids = records["id"].to_list() if "id" in records.columns else [str(i) for i in range(records.height)]
+    eligible = None
+    if config.val_exclude_flagged:
+        from curate.conditions import is_flagged
+
+        flagged = records.select(is_flagged(records).alias("f"))["f"].to_list()
+        eligible = [not flagged[i] for i in keep]
     train_idx, val_idx = stratified_split(
-        [labels[i] for i in keep], fraction=config.val_fraction, size=config.val_size, seed=config.seed
+        [labels[i] for i in keep], fraction=config.val_fraction, size=config.val_size, seed=config.seed, eligible=eligible
     )
     train = [keep[i] for i in train_idx]
     val = [keep[i] for i in val_idx]
     return Prepared(
         [encoded[i] for i in train], [encoded[i] for i in val], [ids[i] for i in train], [ids[i] for i in val],
-        max_length, truncated, records.height - len(keep),
+        max_length, truncated, records.height - len(keep), 0 if eligible is None else eligible.count(False),
     )
 
 

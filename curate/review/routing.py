@@ -32,11 +32,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from curate.conditions import ConditionError, condition_mask, is_synthetic
+from curate.conditions import ConditionError, condition_mask, is_flagged, is_synthetic
 from curate.errors import SmallsetError
 
 POLICIES = ("all", "borderline", "audit", "synthetic", "suspects", "filter")
-FLAG_COLUMNS = ("label_issue", "label_conflict")  # boolean columns curate steps set on rows they keep but doubt
 
 
 class RoutingError(SmallsetError):
@@ -86,11 +85,7 @@ def parse_band(text: str) -> tuple[float, float]:
 
 def is_suspect(df: pl.DataFrame) -> pl.Expr:
     """Synthetic rows, and rows with a curation flag (FLAG_COLUMNS) set."""
-    suspect = is_synthetic()
-    for column in FLAG_COLUMNS:
-        if column in df.columns:
-            suspect = suspect | pl.col(column).fill_null(False)
-    return suspect
+    return is_synthetic() | is_flagged(df)
 
 
 def route(df: pl.DataFrame, policy: Route) -> pl.DataFrame:
