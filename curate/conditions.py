@@ -29,7 +29,7 @@ def is_synthetic() -> pl.Expr:
 
 def is_flagged(df: pl.DataFrame) -> pl.Expr:
     """Rows a curate step kept but doubts: check-labels' `label_issue`, dedup's `label_conflict` (NULL: not flagged)."""
-    flagged = pl.lit(False)
+    flagged = pl.repeat(False, pl.len())  # one value per row even when no flag column exists
     for column in FLAG_COLUMNS:
         if column in df.columns:
             flagged = flagged | pl.col(column).cast(pl.Boolean).fill_null(False)

@@ -184,11 +184,17 @@ def test_prepare_keeps_curation_flags_out_of_validation(tokenizer, tmp_path):
         label_issue=pl.col("id").is_in(list(issues)),
         label_conflict=pl.when(pl.col("id").is_in(list(conflicts))).then(True).otherwise(None),
     )
+    plain = prepare(records.drop("label_issue", "label_conflict"), tokenizer, LoraTrainConfig(val_size=8, max_length=64))
+    assert plain.flagged == 0 and len(plain.val_ids) == 8  # no flag columns: nothing flagged
     prepared = prepare(records, tokenizer, LoraTrainConfig(val_size=8, max_length=64))
     assert prepared.flagged == len(issues | conflicts) == 14 and len(prepared.val_ids) == 8
     assert not (issues | conflicts) & set(prepared.val_ids) and (issues | conflicts) <= set(prepared.train_ids)
     included = prepare(records, tokenizer, LoraTrainConfig(val_size=8, max_length=64, val_exclude_flagged=False))
     assert included.flagged == 0 and (issues | conflicts) & set(included.val_ids)  # the old split, flags and all
+    assert (included.train_ids, included.val_ids) == (plain.train_ids, plain.val_ids)
+    mostly = records.with_columns(label_issue=pl.col("id").is_in(ids[:36]))  # + row39 (conflict): 3 unflagged rows for 8
+    fallback = prepare(mostly, tokenizer, LoraTrainConfig(val_size=8, max_length=64))
+    assert fallback.flagged_may_validate == 37 and (fallback.train_ids, fallback.val_ids) == (included.train_ids, included.val_ids)
 
 
 def test_length_grouped_batches_cover_every_row_once_with_little_padding():

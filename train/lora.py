@@ -32,7 +32,7 @@ from train.batches import by_length, collate, length_grouped
 from train.config import MIN_ROWS, LoraTrainConfig
 from train.distributed import SINGLE, World, join
 from train.errors import TrainError
-from train.split import stratified_split
+from train.split import stratified_split, validation_size
 from train.tokenize import IGNORE, Encoded, auto_max_length, encode_all, truncate
 from train.tracking import Tracker, finish
 
@@ -63,6 +63,7 @@ class Prepared:
     truncated: int
     dropped: int  # rows whose reply was cut off entirely by truncation
     flagged: int = 0  # rows curation flagged: training only, never validation (val_exclude_flagged)
+    flagged_may_validate: int = 0  # flagged rows left in the split: too few unflagged rows to fill validation
 
 
 @dataclass
@@ -148,6 +149,8 @@ def _train(data, output_dir, config: LoraTrainConfig, resume: bool, progress: bo
         say(f"[yellow]warning:[/] {prepared.dropped} rows lost their whole reply to truncation and were left out")
     if prepared.flagged:
         say(f"note: {prepared.flagged} rows flagged by curation (label_issue, label_conflict) train but are kept out of validation (--val-include-flagged to allow them)")
+    if prepared.flagged_may_validate:
+        say(f"[yellow]warning:[/] {prepared.flagged_may_validate} rows are flagged by curation and too few others are left to fill validation; flagged rows may be validation rows")
 
     model = load_model(resolved, config, device)
     forward = world.wrap(model, target_loss_sum)
@@ -301,12 +304,15 @@ def prepare(records: pl.DataFrame, tokenizer, config: LoraTrainConfig, path: Pat
     keep = [i for i, e in enumerate(encoded) if e.n_targets > 0]
     labels = records["label"].to_list() if "label" in records.columns else [None] * records.height
     ids = records["id"].to_list() if "id" in records.columns else [str(i) for i in range(records.height)]
-    eligible = None
+    eligible, flags_kept_in = None, 0
     if config.val_exclude_flagged:
         from curate.conditions import is_flagged
 
         flagged = records.select(is_flagged(records).alias("f"))["f"].to_list()
         eligible = [not flagged[i] for i in keep]
+        if sum(eligible) - 1 < validation_size(len(keep), config.val_fraction, config.val_size):
+            flags_kept_in = eligible.count(False)  # too few unflagged rows to fill validation: the plain split
+            eligible = None
     train_idx, val_idx = stratified_split(
         [labels[i] for i in keep], fraction=config.val_fraction, size=config.val_size, seed=config.seed, eligible=eligible
     )
@@ -315,6 +321,7 @@ def prepare(records: pl.DataFrame, tokenizer, config: LoraTrainConfig, path: Pat
     return Prepared(
         [encoded[i] for i in train], [encoded[i] for i in val], [ids[i] for i in train], [ids[i] for i in val],
         max_length, truncated, records.height - len(keep), 0 if eligible is None else eligible.count(False),
+        flags_kept_in,
     )
 
 
